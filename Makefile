@@ -1,0 +1,125 @@
+# guard: one binary (build/guard), the preload shim (build/libguard-interpose.so)
+# and the test, fuzz and benchmark programs. `make help` lists the targets.
+
+BUILD    ?= build
+CXX      ?= g++
+CXXSTD   := -std=c++20
+WARN     := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wswitch-enum
+OPT      ?= -O2 -g
+SAN      ?=
+ifneq ($(SAN),)
+  OPT    := -O1 -g -fno-omit-frame-pointer -fsanitize=$(SAN) -fno-sanitize-recover=all
+  BUILD  := build-san
+endif
+
+# Debian's BoringSSL has no .pc file: name its directories explicitly, and
+# never let the system OpenSSL onto the include or link path.
+BSSL_INC := /usr/include/android
+BSSL_LIB := /usr/lib/x86_64-linux-gnu/android
+BSSL     := -L$(BSSL_LIB) -Wl,-rpath,$(BSSL_LIB) -lcrypto
+
+PKGS     := yaml-cpp spdlog fuse3 libidn2
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CPPFLAGS := -I. -isystem $(BSSL_INC) -DSPDLOG_FMT_EXTERNAL $(PKG_CFLAGS) -MMD -MP
+CXXFLAGS := $(CXXSTD) $(WARN) $(OPT) -pthread
+LDFLAGS  += $(if $(SAN),-fsanitize=$(SAN))
+LDLIBS   := $(PKG_LIBS) $(BSSL) -pthread
+
+POLICY_SRC := $(wildcard policy/*.cc)
+CLI_SRC    := $(wildcard cli/*.cc)
+LIB_SRC    := $(POLICY_SRC) $(wildcard fusefs/*.cc) $(wildcard mitm-proxy/*.cc) $(wildcard vmhost/*.cc)
+LIB_OBJ    := $(LIB_SRC:%.cc=$(BUILD)/%.o) $(BUILD)/policy/default_policy.o
+CLI_OBJ    := $(CLI_SRC:%.cc=$(BUILD)/%.o)
+TEST_SRC   := $(wildcard tests/unit/*/*.cc) $(wildcard tests/integration/*.cc) tests/test_main.cc tests/testing.cc
+TEST_OBJ   := $(TEST_SRC:%.cc=$(BUILD)/%.o)
+FUZZ_SRC   := $(wildcard tests/fuzz/*_fuzz.cc)
+
+GUARD      := $(BUILD)/guard
+SHIM       := $(BUILD)/libguard-interpose.so
+TESTS      := $(BUILD)/guard-tests
+FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%_fuzz.cc=$(BUILD)/fuzz/%_replay)
+
+.PHONY: all test check fuzz fuzz-replay bench bench-smoke format lint clean help san
+
+all: $(GUARD) $(SHIM)
+
+help:
+	@echo "make            build build/guard and build/libguard-interpose.so"
+	@echo "make test       unit tests ([unit])"
+	@echo "make check      lint, fuzz corpus replay, every test, sanitizer run"
+	@echo "make fuzz       run libFuzzer targets for FUZZ_SECONDS (default 60) each"
+	@echo "make bench      benchmarks (bench/RESULTS.md explains each)"
+	@echo "make SAN=address,undefined check   the same under ASan/UBSan"
+
+$(BUILD)/%.o: %.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+# The default policy is embedded as a string from policy/default.yaml.
+$(BUILD)/policy/default_policy.cc: policy/default.yaml scripts/embed.sh
+	@mkdir -p $(dir $@)
+	scripts/embed.sh $< guard::policy kDefaultPolicyYaml > $@
+$(BUILD)/policy/default_policy.o: $(BUILD)/policy/default_policy.cc
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/libguard.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(GUARD): $(CLI_OBJ) $(BUILD)/libguard.a
+	$(CXX) $(CXXFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# The shim: C ABI, no C++ runtime, only the interposed names exported.
+SHIM_SRC := $(wildcard interpose/*.c)
+SHIM_FLAGS := -std=c11 -O2 -g -fPIC -fvisibility=hidden -Wall -Wextra -Werror -I.
+$(SHIM): $(SHIM_SRC) interpose/exports.map
+	@mkdir -p $(dir $@)
+	$(CC) $(SHIM_FLAGS) -shared -nostartfiles -Wl,--version-script=interpose/exports.map \
+	  -Wl,-z,now -Wl,-z,relro $(SHIM_SRC) -o $@ -ldl
+
+$(TESTS): $(TEST_OBJ) $(BUILD)/libguard.a
+	$(CXX) $(CXXFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+test: all $(TESTS)
+	GUARD_BIN=$(abspath $(GUARD)) $(TESTS) "[unit]"
+
+# Fuzz targets double as corpus replayers (tests/fuzz/replay_main.cc).
+$(BUILD)/fuzz/%_replay: tests/fuzz/%_fuzz.cc tests/fuzz/replay_main.cc $(BUILD)/libguard.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+fuzz-replay: $(FUZZ_REPLAY)
+	@set -e; for r in $(FUZZ_REPLAY); do n=$$(basename $$r _replay); \
+	  $$r tests/fuzz/$${n}_corpus; done
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+lint: all
+	scripts/lint.sh $(SHIM)
+
+# check: everything, ending with the suite's "N passed, N failed" line.
+check: all $(TESTS) lint fuzz-replay
+	GUARD_BIN=$(abspath $(GUARD)) $(TESTS)
+
+BENCH_SRC := $(wildcard bench/*/*.cc)
+$(BUILD)/bench/%: bench/%/main.cc $(BUILD)/libguard.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) $^ -o $@ $(LDLIBS) -lbenchmark
+
+bench: $(BUILD)/bench/policy
+	$(BUILD)/bench/policy
+
+bench-smoke: $(BUILD)/bench/policy
+	$(BUILD)/bench/policy --benchmark_min_time=0.01
+
+format:
+	clang-format -i $$(git ls-files '*.cc' '*.h' '*.c')
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,280 @@
+// guard's command line: `guard -- CMD`, and `guard policy check|show|default|explain`.
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <cstdio>
+#include <iostream>
+
+#include "policy/loader.h"
+#include "policy/policy.h"
+#include "policy/show.h"
+
+namespace {
+
+using guard::policy::Context;
+using guard::policy::Decision;
+using guard::policy::FileOp;
+using guard::policy::LoadOptions;
+using guard::policy::Policy;
+using guard::policy::Verdict;
+
+// Exit codes shared by every sub-command.
+constexpr int kExitOk = 0;
+constexpr int kExitPolicyError = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitDenied = 3;
+
+int fail(const std::string& message, int code) {
+  std::fprintf(stderr, "guard: %s\n", message.c_str());
+  return code;
+}
+
+guard::Result<Policy> loadFor(const std::vector<std::string>& files, Context* ctx,
+                       guard::policy::Loaded* loaded) {
+  auto c = guard::policy::contextFromEnvironment();
+  if (!c.ok()) {
+    return c.error();
+  }
+  *ctx = c.value();
+  LoadOptions opts;
+  opts.explicit_files = files;
+  return guard::policy::loadPolicy(ctx, opts, loaded);
+}
+
+void printVerdict(const Verdict& v, const std::string& what) {
+  std::printf("%s: %s\n", guard::policy::decisionName(v.decision), what.c_str());
+  std::printf("  rule:   %.*s%s\n", static_cast<int>(v.rule.id.size()), v.rule.id.data(),
+              v.locked ? " (locked)" : "");
+  std::printf("  layer:  %.*s\n", static_cast<int>(v.rule.layer.size()), v.rule.layer.data());
+  std::printf("  source: %s\n", v.rule.source().c_str());
+  if (!v.reason.empty()) {
+    std::printf("  reason: %.*s\n", static_cast<int>(v.reason.size()), v.reason.data());
+  }
+}
+
+// splitHostPort parses HOST, HOST:PORT, [V6] and [V6]:PORT; bare IPv6 has no port.
+bool splitHostPort(const std::string& in, std::string* host, uint16_t* port) {
+  *port = 443;
+  std::string p;
+  if (!in.empty() && in[0] == '[') {
+    size_t close = in.find(']');
+    if (close == std::string::npos) {
+      return false;
+    }
+    *host = in.substr(1, close - 1);
+    if (close + 1 < in.size()) {
+      if (in[close + 1] != ':') {
+        return false;
+      }
+      p = in.substr(close + 2);
+    }
+  } else if (std::count(in.begin(), in.end(), ':') == 1) {
+    size_t colon = in.find(':');
+    *host = in.substr(0, colon);
+    p = in.substr(colon + 1);
+  } else {
+    *host = in;
+  }
+  if (!p.empty()) {
+    int v = 0;
+    auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), v);
+    if (ec != std::errc() || end != p.data() + p.size() || v < 1 || v > 65535) {
+      return false;
+    }
+    *port = static_cast<uint16_t>(v);
+  }
+  return !host->empty();
+}
+
+int explain(const std::vector<std::string>& files, const std::vector<std::string>& args) {
+  const char* usage =
+      "usage: guard policy explain net HOST[:PORT] | dns NAME | file read|write PATH | "
+      "mcp SERVER TOOL | cred NAME HOST | env NAME";
+  if (args.empty()) {
+    return fail(usage, kExitUsage);
+  }
+  Context ctx;
+  guard::policy::Loaded loaded;
+  auto policy = loadFor(files, &ctx, &loaded);
+  if (!policy.ok()) {
+    std::fprintf(stderr, "%s\n", policy.error().message().c_str());
+    return kExitPolicyError;
+  }
+  const Policy& p = policy.value();
+  const std::string& kind = args[0];
+  Verdict v;
+  std::string what;
+  if (kind == "net" && args.size() == 2) {
+    std::string host;
+    uint16_t port = 0;
+    if (!splitHostPort(args[1], &host, &port)) {
+      return fail("bad HOST[:PORT] '" + args[1] + "'", kExitUsage);
+    }
+    v = p.host(host, port);
+    what = "connect " + host + ":" + std::to_string(port);
+  } else if (kind == "dns" && args.size() == 2) {
+    v = p.dns(args[1]);
+    what = "resolve " + args[1];
+  } else if (kind == "file" && args.size() == 3 && (args[1] == "read" || args[1] == "write")) {
+    std::string path = args[2];
+    if (path.empty() || path[0] != '/') {
+      path = ctx.project + "/" + path;
+    }
+    v = p.file(path, args[1] == "read" ? FileOp::kRead : FileOp::kWrite);
+    what = args[1] + " " + path + " (" + guard::policy::accessName(v.access) + ")";
+  } else if (kind == "mcp" && args.size() == 3) {
+    v = p.mcpTool(args[1], args[2]);
+    what = "MCP server " + args[1] + " tool " + args[2];
+  } else if (kind == "cred" && args.size() == 3) {
+    v = p.credential(args[1], args[2]);
+    what = "credential " + args[1] + " to " + args[2];
+  } else if (kind == "env" && args.size() == 2) {
+    v = p.env(args[1]);
+    what = "variable " + args[1];
+  } else {
+    return fail(usage, kExitUsage);
+  }
+  printVerdict(v, what);
+  return v.decision == Decision::kDeny ? kExitDenied : kExitOk;
+}
+
+int check(const std::vector<std::string>& files) {
+  if (files.empty()) {
+    return fail("usage: guard policy check FILE...", kExitUsage);
+  }
+  int rc = kExitOk;
+  for (const std::string& f : files) {
+    auto layer = guard::policy::loadLayerFile(f, "");
+    if (layer.ok()) {
+      auto ctx = guard::policy::contextFromEnvironment();
+      if (!ctx.ok()) {
+        return fail(ctx.error().message(), kExitPolicyError);
+      }
+      auto compiled = guard::policy::compile({layer.value()}, ctx.value());
+      if (!compiled.ok()) {
+        std::fprintf(stderr, "%s\n", compiled.error().message().c_str());
+        rc = kExitPolicyError;
+        continue;
+      }
+      std::printf("%s: ok\n", f.c_str());
+    } else {
+      std::fprintf(stderr, "%s\n", layer.error().message().c_str());
+      rc = kExitPolicyError;
+    }
+  }
+  return rc;
+}
+
+int show(const std::vector<std::string>& files) {
+  Context ctx;
+  guard::policy::Loaded loaded;
+  auto policy = loadFor(files, &ctx, &loaded);
+  if (!policy.ok()) {
+    std::fprintf(stderr, "%s\n", policy.error().message().c_str());
+    return kExitPolicyError;
+  }
+  std::fputs(guard::policy::renderPolicy(policy.value(), loaded.files).c_str(), stdout);
+  return kExitOk;
+}
+
+int run(const std::vector<std::string>& files, const std::string& audit,
+        const std::vector<std::string>& cmd) {
+  (void)audit;
+  if (cmd.empty()) {
+    return fail("nothing to run\n  usage: guard [--policy FILE]... [--audit FILE] -- CMD [ARGS...]",
+                kExitUsage);
+  }
+  Context ctx;
+  guard::policy::Loaded loaded;
+  auto policy = loadFor(files, &ctx, &loaded);
+  if (!policy.ok()) {
+    std::fprintf(stderr, "%s\n", policy.error().message().c_str());
+    return fail("refusing to run: the policy has errors", kExitPolicyError);
+  }
+  return fail("this build cannot run commands yet: host mode (namespaces + filesystem view) is "
+              "not part of it, and guard never runs an agent unconfined",
+              kExitUsage);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto log = spdlog::stderr_color_mt("cli");
+  spdlog::set_default_logger(log);
+  spdlog::set_level(spdlog::level::warn);
+
+  CLI::App app{
+      "guard runs an AI agent (or any command) under one policy the runtime enforces:\n"
+      "files it may see or change, hosts it may reach, secrets it may use, MCP tools it\n"
+      "may call. Every decision is written as a JSON audit event.\n\n"
+      "  guard -- claude                      run an agent under the policy\n"
+      "  guard policy show                    the effective policy and where each rule is from\n"
+      "  guard policy explain net github.com  which rule decides, and why\n",
+      "guard"};
+  app.set_version_flag("--version", "guard 0.1.0");
+  std::vector<std::string> policy_files;
+  std::string audit_file;
+  int verbosity = 0;
+  std::vector<std::string> cmd;
+  app.add_option("--policy", policy_files,
+                 "policy file; repeat to layer (replaces user and project layers; org and group "
+                 "layers from /etc/guard still apply)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--audit", audit_file,
+                 "audit log (JSON Lines); default $XDG_STATE_HOME/guard/audit.jsonl");
+  app.add_flag("-v,--verbose", verbosity, "more diagnostics on stderr (-vv for debug)");
+  app.add_option("cmd", cmd, "command to run after --")->take_all();
+  app.positionals_at_end();
+
+  auto* pol = app.add_subcommand("policy", "check, show and explain policies");
+  pol->require_subcommand(1);
+  std::vector<std::string> check_files;
+  auto* chk = pol->add_subcommand(
+      "check", "validate policy files; exit 0 when valid, 1 with file:line:col errors");
+  chk->add_option("FILE", check_files, "policy files")->required();
+  auto* shw = pol->add_subcommand(
+      "show", "print the effective merged policy, each rule with its layer and source");
+  shw->add_option("--policy", policy_files, "policy file; repeat to layer")
+      ->check(CLI::ExistingFile);
+  auto* dfl = pol->add_subcommand("default", "print the embedded default policy");
+  std::vector<std::string> explain_args;
+  auto* exp = pol->add_subcommand(
+      "explain",
+      "decide one request and print the rule (exit 0 allow, 3 deny):\n"
+      "  net HOST[:PORT]   dns NAME   file read|write PATH\n"
+      "  mcp SERVER TOOL   cred NAME HOST   env NAME");
+  exp->add_option("--policy", policy_files, "policy file; repeat to layer")
+      ->check(CLI::ExistingFile);
+  exp->add_option("request", explain_args, "the request to decide")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? kExitOk : kExitUsage;
+  }
+  if (verbosity > 0) {
+    spdlog::set_level(verbosity > 1 ? spdlog::level::debug : spdlog::level::info);
+  }
+  if (*chk) {
+    return check(check_files);
+  }
+  if (*shw) {
+    return show(policy_files);
+  }
+  if (*dfl) {
+    std::fwrite(guard::policy::defaultPolicyText().data(), 1,
+                guard::policy::defaultPolicyText().size(), stdout);
+    return kExitOk;
+  }
+  if (*exp) {
+    return explain(policy_files, explain_args);
+  }
+  if (cmd.empty()) {
+    std::fputs(app.help().c_str(), stderr);
+    return kExitUsage;
+  }
+  return run(policy_files, audit_file, cmd);
+}

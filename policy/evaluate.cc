@@ -1,0 +1,455 @@
+// Evaluates requests against a compiled Policy: per-layer most specific
+// match, then the layering rules (docs/policy.md, "How layers merge").
+//
+// Nothing here allocates: names are normalised into stack buffers, matchers
+// take string views, and a Verdict only points into the Policy.
+#include <cstring>
+
+#include "policy/compiled.h"
+#include "policy/names.h"
+
+namespace guard::policy {
+namespace {
+
+Strictness strictDecision(const RuleInfo& r) {
+  if (r.allow) {
+    return 0;
+  }
+  return r.mode == Mode::kAudit ? 1 : 2;
+}
+
+Strictness strictAccess(const RuleInfo& r) {
+  switch (r.access) {
+    case Access::kReadWrite:
+      return 0;
+    case Access::kReadOnly:
+      return 1;
+    case Access::kHidden:
+      return 2;
+  }
+  return 2;
+}
+
+bool portMatches(const RuleInfo& r, uint16_t port) {
+  if (r.ports.empty()) {
+    return true;
+  }
+  for (const PortRange& p : r.ports) {
+    if (port >= p.lo && port <= p.hi) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// PortAny marks a DNS evaluation: no port is known yet. A rule limited to
+// some ports still lets the name resolve if it allows, but a deny limited
+// to some ports does not stop resolution.
+constexpr int kPortAny = -1;
+
+bool ruleApplies(const RuleInfo& r, int port) {
+  if (port == kPortAny) {
+    return r.ports.empty() || r.allow;
+  }
+  return portMatches(r, static_cast<uint16_t>(port));
+}
+
+// pickStrictest returns the strictest rule of LIST that applies to PORT.
+uint32_t pickStrictest(const Compiled& c, const RuleList& list, int port) {
+  uint32_t best = kNone;
+  for (uint32_t r : list) {
+    const RuleInfo& info = c.rules[r];
+    if (!ruleApplies(info, port)) {
+      continue;
+    }
+    if (best == kNone || strictDecision(info) > strictDecision(c.rules[best])) {
+      best = r;
+    }
+  }
+  return best;
+}
+
+// Layered merges per-layer hits. HIT(i) returns layer i's most specific rule
+// or kNone; DEFAULT_OF(i) its default rule or kNone.
+//
+//  1. The latest layer with a matching rule decides; if no layer has one, the
+//     latest layer's default decides; if none sets one, the built-in
+//     fail-closed default.
+//  2. A locked rule (or a locked default of a layer with no matching rule)
+//     is a floor: the result is never looser than it.
+template <typename HitFn, typename DefaultFn, typename StrictFn>
+uint32_t layered(const Compiled& c, size_t num_layers, HitFn&& hit, DefaultFn&& default_of,
+                 uint32_t builtin, StrictFn&& strict) {
+  uint32_t decided = kNone;
+  uint32_t dflt = kNone;
+  uint32_t floor = kNone;
+  for (size_t i = 0; i < num_layers; ++i) {
+    uint32_t h = hit(i);
+    uint32_t d = default_of(i);
+    if (d != kNone) {
+      dflt = d;
+    }
+    uint32_t view = h;
+    if (h != kNone) {
+      decided = h;
+    } else if (d != kNone && c.rules[d].locked) {
+      view = d;
+    }
+    if (view != kNone && c.rules[view].locked &&
+        (floor == kNone || strict(c.rules[view]) > strict(c.rules[floor]))) {
+      floor = view;
+    }
+  }
+  if (decided == kNone) {
+    decided = dflt != kNone ? dflt : builtin;
+  }
+  if (floor != kNone && strict(c.rules[floor]) > strict(c.rules[decided])) {
+    decided = floor;
+  }
+  return decided;
+}
+
+RuleRef refOf(const RuleInfo& r) {
+  return RuleRef{r.id, r.layer, r.file, r.loc.line, r.loc.col};
+}
+
+Verdict decisionVerdict(const RuleInfo& r) {
+  Verdict v;
+  v.rule = refOf(r);
+  v.reason = r.reason;
+  v.locked = r.locked;
+  if (r.allow) {
+    v.decision = Decision::kAllow;
+    v.inspect = r.inspect;
+  } else {
+    v.decision = r.mode == Mode::kAudit ? Decision::kWouldDeny : Decision::kDeny;
+  }
+  return v;
+}
+
+// domainHit finds layer L's most specific rule for NAME (normalised).
+uint32_t domainHit(const Compiled& c, const NetLayer& l, std::string_view name, int port) {
+  uint32_t found = kNone;
+  l.domains.forEachLevel(name, [&](const RuleList& list) {
+    found = pickStrictest(c, list, port);
+    return found != kNone;
+  });
+  return found;
+}
+
+uint32_t addressHit(const Compiled& c, const NetLayer& l, const IpAddr& addr, int port) {
+  uint32_t found = kNone;
+  l.cidrs.forEachLevel(addr, [&](const RuleList& list) {
+    found = pickStrictest(c, list, port);
+    return found != kNone;
+  });
+  return found;
+}
+
+bool anyLayerHit(const Compiled& c, const std::vector<NetLayer>& layers, const IpAddr& addr,
+                 int port) {
+  for (const NetLayer& l : layers) {
+    if (addressHit(c, l, addr, port) != kNone) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool targetMatches(const NetTarget& t, std::string_view name, const IpAddr* addr) {
+  switch (t.kind) {
+    case NetTargetKind::kAny:
+      return true;
+    case NetTargetKind::kDomain:
+      return !name.empty() && name == t.text;
+    case NetTargetKind::kWildcard:
+      return name.size() > t.text.size() + 1 && name.ends_with(t.text) &&
+             name[name.size() - t.text.size() - 1] == '.';
+    case NetTargetKind::kAddress: {
+      if (addr == nullptr || addr->v4 != t.addr.v4) {
+        return false;
+      }
+      int full = t.prefix / 8;
+      if (memcmp(addr->bytes, t.addr.bytes, static_cast<size_t>(full)) != 0) {
+        return false;
+      }
+      int rest = t.prefix % 8;
+      if (rest == 0) {
+        return true;
+      }
+      uint8_t mask = static_cast<uint8_t>(0xff << (8 - rest));
+      return (addr->bytes[full] & mask) == t.addr.bytes[full];
+    }
+  }
+  return false;
+}
+
+Verdict invalidName(const Compiled& c) {
+  Verdict v = decisionVerdict(c.rules[c.builtin_net]);
+  v.reason = "not a valid domain name";
+  return v;
+}
+
+}  // namespace
+
+const char* decisionName(Decision d) {
+  switch (d) {
+    case Decision::kAllow:
+      return "allow";
+    case Decision::kDeny:
+      return "deny";
+    case Decision::kWouldDeny:
+      return "would_deny";
+  }
+  return "deny";
+}
+
+const char* accessName(Access a) {
+  switch (a) {
+    case Access::kHidden:
+      return "hidden";
+    case Access::kReadOnly:
+      return "read-only";
+    case Access::kReadWrite:
+      return "read-write";
+  }
+  return "hidden";
+}
+
+const char* modeName(Mode m) { return m == Mode::kAudit ? "audit" : "enforce"; }
+
+std::string RuleRef::source() const {
+  return std::string(file) + ":" + std::to_string(line) + ":" + std::to_string(col);
+}
+
+Policy::Policy() = default;
+Policy::~Policy() = default;
+Policy::Policy(Policy&&) noexcept = default;
+Policy& Policy::operator=(Policy&&) noexcept = default;
+
+const std::vector<std::shared_ptr<const Layer>>& Policy::layers() const { return c_->layers; }
+const Context& Policy::context() const { return c_->ctx; }
+
+Verdict Policy::connect(std::string_view name, const IpAddr* addr, uint16_t port) const {
+  const Compiled& c = *c_;
+  char buf[kMaxDomainLen + 1];
+  size_t n = 0;
+  if (!name.empty()) {
+    n = normaliseDomain(name, buf);
+    if (n == 0) {
+      return invalidName(c);
+    }
+  }
+  std::string_view norm(buf, n);
+  auto by_default = [&](size_t i) { return c.net[i].default_rule; };
+  uint32_t by_name = kNone;
+  if (n != 0) {
+    by_name = layered(
+        c, c.net.size(), [&](size_t i) { return domainHit(c, c.net[i], norm, port); }, by_default,
+        c.builtin_net, [](const RuleInfo& r) { return strictDecision(r); });
+  }
+  // The address counts when some rule names it: "connect by IP" has no
+  // name, and an allowed name whose address lies in a denied network is
+  // denied (the stricter wins). An address no rule names adds nothing.
+  if (addr != nullptr && (n == 0 || anyLayerHit(c, c.net, *addr, port))) {
+    uint32_t by_addr = layered(
+        c, c.net.size(), [&](size_t i) { return addressHit(c, c.net[i], *addr, port); },
+        by_default, c.builtin_net, [](const RuleInfo& r) { return strictDecision(r); });
+    if (by_name == kNone || strictDecision(c.rules[by_addr]) > strictDecision(c.rules[by_name])) {
+      by_name = by_addr;
+    }
+  }
+  if (by_name == kNone) {
+    by_name = layered(
+        c, c.net.size(), [](size_t) { return kNone; }, by_default, c.builtin_net,
+        [](const RuleInfo& r) { return strictDecision(r); });
+  }
+  return decisionVerdict(c.rules[by_name]);
+}
+
+Verdict Policy::host(std::string_view h, uint16_t port) const {
+  IpAddr addr;
+  if (IpAddr::parse(h, &addr)) {
+    return connect("", &addr, port);
+  }
+  return connect(h, nullptr, port);
+}
+
+Verdict Policy::dns(std::string_view name) const {
+  const Compiled& c = *c_;
+  char buf[kMaxDomainLen + 1];
+  size_t n = normaliseDomain(name, buf);
+  if (n == 0) {
+    return invalidName(c);
+  }
+  std::string_view norm(buf, n);
+  uint32_t r = layered(
+      c, c.net.size(), [&](size_t i) { return domainHit(c, c.net[i], norm, kPortAny); },
+      [&](size_t i) { return c.net[i].default_rule; }, c.builtin_net,
+      [](const RuleInfo& x) { return strictDecision(x); });
+  return decisionVerdict(c.rules[r]);
+}
+
+Verdict Policy::file(std::string_view path, FileOp op) const {
+  const Compiled& c = *c_;
+  char buf[kMaxPathLen + 1];
+  size_t n = normalisePath(path, buf);
+  Verdict v;
+  if (n == 0) {
+    v = decisionVerdict(c.rules[c.builtin_fs]);
+    v.access = Access::kHidden;
+    v.decision = Decision::kDeny;
+    v.reason = "not an absolute path";
+    return v;
+  }
+  std::string_view norm(buf, n);
+  bool overflow = false;
+  uint32_t r = layered(
+      c, c.fs.size(),
+      [&](size_t i) {
+        PathTrie::Match m;
+        if (!c.fs[i].paths.best(
+                norm,
+                [&](uint32_t a, uint32_t b) {
+                  return strictAccess(c.rules[a]) > strictAccess(c.rules[b]);
+                },
+                &m)) {
+          overflow = true;
+        }
+        return m.rule;
+      },
+      [&](size_t i) { return c.fs[i].default_rule; }, c.builtin_fs,
+      [](const RuleInfo& x) { return strictAccess(x); });
+  if (overflow) {
+    r = c.builtin_fs;  // fail closed: too many patterns at once to be sure
+  }
+  const RuleInfo& info = c.rules[r];
+  v.rule = refOf(info);
+  if (overflow) {
+    v.reason = "path matched too many patterns to decide";
+  } else {
+    v.reason = info.reason;
+  }
+  v.locked = info.locked;
+  v.access = info.access;
+  bool denied = info.access == Access::kHidden ||
+                (op == FileOp::kWrite && info.access == Access::kReadOnly);
+  if (!denied) {
+    v.decision = Decision::kAllow;
+  } else {
+    v.decision = info.mode == Mode::kAudit && !overflow ? Decision::kWouldDeny : Decision::kDeny;
+  }
+  return v;
+}
+
+Verdict Policy::env(std::string_view name) const {
+  const Compiled& c = *c_;
+  uint32_t r = layered(
+      c, c.env.size(),
+      [&](size_t i) {
+        uint32_t found = kNone;
+        c.env[i].names.forEachLevel(name, [&](const RuleList& list) {
+          uint32_t p = pickStrictest(c, list, kPortAny);
+          if (p != kNone &&
+              (found == kNone || strictDecision(c.rules[p]) > strictDecision(c.rules[found]))) {
+            found = p;
+          }
+          return p != kNone;
+        });
+        return found;
+      },
+      [&](size_t i) { return c.env[i].default_rule; }, c.builtin_env,
+      [](const RuleInfo& x) { return strictDecision(x); });
+  return decisionVerdict(c.rules[r]);
+}
+
+Verdict Policy::credential(std::string_view name, std::string_view host_name) const {
+  const Compiled& c = *c_;
+  char buf[kMaxDomainLen + 1];
+  IpAddr addr;
+  bool is_ip = IpAddr::parse(host_name, &addr);
+  size_t n = is_ip ? 0 : normaliseDomain(host_name, buf);
+  if (!is_ip && n == 0) {
+    return invalidName(c);
+  }
+  std::string_view norm(buf, n);
+  uint32_t r = layered(
+      c, c.cred.size(),
+      [&](size_t i) {
+        auto it = c.cred[i].by_name.find(name);
+        if (it == c.cred[i].by_name.end()) {
+          return kNone;
+        }
+        for (const NetTarget& t : it->second.cred->destinations) {
+          if (targetMatches(t, norm, is_ip ? &addr : nullptr)) {
+            return it->second.allow_rule;
+          }
+        }
+        return it->second.deny_rule;
+      },
+      [](size_t) { return kNone; }, c.builtin_cred,
+      [](const RuleInfo& x) { return strictDecision(x); });
+  return decisionVerdict(c.rules[r]);
+}
+
+Verdict Policy::mcpTool(std::string_view server, std::string_view tool) const {
+  const Compiled& c = *c_;
+  uint32_t r = layered(
+      c, c.mcp.size(),
+      [&](size_t i) {
+        auto it = c.mcp[i].by_name.find(server);
+        if (it == c.mcp[i].by_name.end()) {
+          return kNone;
+        }
+        const McpServer& s = *it->second.server;
+        if (!s.allow) {
+          return it->second.deny_rule;
+        }
+        for (const std::string& d : s.tools_deny) {
+          if (globMatch(d, tool)) {
+            return it->second.deny_rule;
+          }
+        }
+        for (const std::string& a : s.tools_allow) {
+          if (globMatch(a, tool)) {
+            return it->second.allow_rule;
+          }
+        }
+        return it->second.deny_rule;
+      },
+      [&](size_t i) { return c.mcp[i].default_rule; }, c.builtin_mcp,
+      [](const RuleInfo& x) { return strictDecision(x); });
+  return decisionVerdict(c.rules[r]);
+}
+
+std::string_view Policy::mcpServerForCommand(std::span<const std::string> argv) const {
+  // The latest layer's entry for a name is the one that counts, so search
+  // from the top layer down.
+  for (size_t i = c_->layers.size(); i-- > 0;) {
+    for (const McpServer& s : c_->layers[i]->mcp_servers) {
+      if (!s.command.empty() && argvMatch(s.command, argv)) {
+        return s.name;
+      }
+    }
+  }
+  return {};
+}
+
+std::string_view Policy::mcpServerForUrl(std::string_view url) const {
+  auto trim = [](std::string_view u) {
+    while (!u.empty() && u.back() == '/') {
+      u.remove_suffix(1);
+    }
+    return u;
+  };
+  for (size_t i = c_->layers.size(); i-- > 0;) {
+    for (const McpServer& s : c_->layers[i]->mcp_servers) {
+      if (!s.url.empty() && trim(s.url) == trim(url)) {
+        return s.name;
+      }
+    }
+  }
+  return {};
+}
+
+}  // namespace guard::policy

@@ -1,0 +1,160 @@
+// The policy engine's entry points: load layered policy documents, compile
+// them, and answer "is this allowed, and by which rule?" for every surface.
+//
+// The language itself (with a complete example) is documented at the top of
+// policy/document.h and in docs/policy.md.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "policy/error.h"
+
+namespace guard::policy {
+
+// Decision is the outcome of one evaluation. WouldDeny is a deny from a rule
+// in audit mode: the request proceeds and the audit event records it.
+enum class Decision { kAllow, kDeny, kWouldDeny };
+
+// Access is the filesystem mode of a path, from strictest to loosest.
+enum class Access { kHidden, kReadOnly, kReadWrite };
+
+// Mode says whether a rule bites (enforce) or only records (audit).
+enum class Mode { kEnforce, kAudit };
+
+// FileOp is what a filesystem request wants to do with a path.
+enum class FileOp { kRead, kWrite };
+
+const char* decisionName(Decision d);  // "allow", "deny", "would_deny"
+const char* accessName(Access a);      // "hidden", "read-only", "read-write"
+const char* modeName(Mode m);          // "enforce", "audit"
+
+// RuleRef names the rule behind a decision. The views point into the Policy
+// that produced them and stay valid as long as it lives.
+struct RuleRef {
+  std::string_view id;     // e.g. "org.network.3" or a user-chosen id
+  std::string_view layer;  // e.g. "org", "group:eng", "user", "project", "default"
+  std::string_view file;   // file the rule came from ("<default>" for embedded)
+  uint32_t line = 0;       // 1-based; 0 for built-in fallbacks
+  uint32_t col = 0;
+
+  // source returns "file:line:col".
+  std::string source() const;
+};
+
+// Verdict is what every evaluation returns. It never owns memory, so
+// evaluating allocates nothing.
+struct Verdict {
+  Decision decision = Decision::kDeny;
+  RuleRef rule;
+  std::string_view reason;         // the rule's `reason:` text, may be empty
+  bool inspect = false;            // network allow: intercept TLS for this name
+  Access access = Access::kHidden; // filesystem evaluations: the path's mode
+  bool locked = false;             // the deciding rule is a locked floor
+
+  // allowed is true when the request may proceed (allow or would_deny).
+  bool allowed() const { return decision != Decision::kDeny; }
+};
+
+// IpAddr is an IPv4 or IPv6 address; IPv4-mapped IPv6 is stored as IPv4.
+struct IpAddr {
+  uint8_t bytes[16] = {};
+  bool v4 = false;
+
+  // parse accepts IPv6 text, and IPv4 in every form inet_aton(3) accepts
+  // (dotted, decimal "2130706433", hex "0x7f000001", octal), since those are
+  // the forms a hostile program will try. Returns false on anything else.
+  static bool parse(std::string_view text, IpAddr* out);
+  std::string toString() const;
+};
+
+// Context is what path and group expansion needs to know about the session.
+struct Context {
+  std::string user;                 // OS user name (or verified identity)
+  std::vector<std::string> groups;  // from the identity mapping
+  std::string home;                 // for `~`
+  std::string project;              // the working directory, for `{project}`
+  std::string host;                 // machine name, for audit events
+};
+
+// Context::fromEnvironment fills user, home, project (getcwd) and host from the
+// running process; groups stay empty (see loader.h).
+Result<Context> contextFromEnvironment();
+
+struct Layer;  // a parsed document; see document.h
+class Compiled;
+
+// Policy is the immutable, compiled, merged result of all layers. It is cheap
+// to share across threads: evaluation is const and lock-free.
+class Policy {
+ public:
+  Policy();
+  ~Policy();
+  Policy(Policy&&) noexcept;
+  Policy& operator=(Policy&&) noexcept;
+
+  // connect decides a TCP connection. `name` is the domain the agent asked
+  // for (may be empty), `addr` the address it reaches (may be null), `port`
+  // the destination port. A name allowed by a rule is still denied when its
+  // address falls in a denied network (the stricter of the two wins).
+  Verdict connect(std::string_view name, const IpAddr* addr, uint16_t port) const;
+
+  // host decides "HOST" where HOST is a domain or an IP literal.
+  Verdict host(std::string_view host, uint16_t port) const;
+
+  // dns decides whether NAME may be resolved at all: it is allowed when some
+  // rule could allow a connection to it on some port.
+  Verdict dns(std::string_view name) const;
+
+  // file decides OP on an absolute PATH (normalised lexically: `//`, `.`,
+  // `..` collapse). verdict.access carries the path's mode.
+  Verdict file(std::string_view path, FileOp op) const;
+
+  // env decides whether host variable NAME passes into the session.
+  Verdict env(std::string_view name) const;
+
+  // credential decides whether credential NAME may be sent to HOST.
+  Verdict credential(std::string_view name, std::string_view host) const;
+
+  // mcpTool decides whether tool TOOL of MCP server SERVER may be listed/run.
+  Verdict mcpTool(std::string_view server, std::string_view tool) const;
+
+  // mcpServerForCommand returns the name of the first server entry whose
+  // command pattern matches ARGV, or empty when none does.
+  std::string_view mcpServerForCommand(std::span<const std::string> argv) const;
+
+  // mcpServerForUrl returns the name of the server entry with URL, or empty.
+  std::string_view mcpServerForUrl(std::string_view url) const;
+
+  // layers returns the parsed documents in merge order (for `policy show`).
+  const std::vector<std::shared_ptr<const Layer>>& layers() const;
+  const Context& context() const;
+
+ private:
+  friend Result<Policy> compile(std::vector<std::shared_ptr<const Layer>>, const Context&);
+  std::unique_ptr<Compiled> c_;
+};
+
+// parseLayer parses one YAML document. FILE names it in errors ("file:line:
+// col: error: ..."); LAYER is the layer name its rules are reported under.
+// On error nothing is returned: a document is loaded whole or not at all.
+Result<std::shared_ptr<const Layer>> parseLayer(std::string_view text, std::string_view file,
+                                                std::string_view layer);
+
+// loadLayerFile reads and parses FILE (refusing files over 1 MiB).
+Result<std::shared_ptr<const Layer>> loadLayerFile(const std::string& file,
+                                                   std::string_view layer);
+
+// compile merges LAYERS (first = lowest, e.g. org) and builds the matchers.
+// Returns kPolicyLocked when a later layer redefines a locked credential or
+// MCP server, kPolicyInvalid for anything else that cannot be merged.
+Result<Policy> compile(std::vector<std::shared_ptr<const Layer>> layers, const Context& ctx);
+
+// defaultPolicyText is the embedded default policy (YAML).
+std::string_view defaultPolicyText();
+
+}  // namespace guard::policy

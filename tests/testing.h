@@ -1,0 +1,56 @@
+// Shared helpers for guard's tests: skips, temporary directories, processes.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace guard::testing {
+
+// GUARD_SKIP prints a fixed "SKIPPED:" marker with REASON and returns from
+// the test case (Catch2 2.x has no SKIP). The runner counts the markers.
+#define GUARD_SKIP(reason)                         \
+  do {                                             \
+    ::guard::testing::noteSkip(__FILE__, (reason)); \
+    return;                                        \
+  } while (0)
+
+void noteSkip(const char* file, const std::string& reason);
+int skippedCount();
+
+// TempDir is a mkdtemp directory under $TMPDIR (or /tmp), removed with its
+// contents when it goes out of scope.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  // write creates (or replaces) file NAME under the directory with TEXT and
+  // returns its path. Parent directories are created.
+  std::string write(const std::string& name, const std::string& text, int mode = 0644) const;
+
+ private:
+  std::string path_;
+};
+
+// Run is what runProgram reports: exit status (128+N for signal N) and output.
+struct Run {
+  int status = -1;
+  std::string out;
+  std::string err;
+};
+
+// runProgram runs ARGV (argv[0] looked up in PATH) with CWD and ENV (when not
+// empty: the whole environment), kills it after TIMEOUT_MS, and captures
+// stdout and stderr.
+Run runProgram(const std::vector<std::string>& argv, const std::string& cwd = "",
+               const std::vector<std::string>& env = {}, int timeout_ms = 20000);
+
+// guardBinary is the guard under test: $GUARD_BIN, else build/guard.
+std::string guardBinary();
+
+// readFile returns the whole file, or "" if it cannot be read.
+std::string readFile(const std::string& path);
+
+}  // namespace guard::testing
