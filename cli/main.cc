@@ -10,6 +10,7 @@
 #include "policy/loader.h"
 #include "policy/policy.h"
 #include "policy/show.h"
+#include "cli/session.h"
 
 namespace {
 
@@ -179,25 +180,6 @@ int show(const std::vector<std::string>& files) {
   return kExitOk;
 }
 
-int run(const std::vector<std::string>& files, const std::string& audit,
-        const std::vector<std::string>& cmd) {
-  (void)audit;
-  if (cmd.empty()) {
-    return fail("nothing to run\n  usage: guard [--policy FILE]... [--audit FILE] -- CMD [ARGS...]",
-                kExitUsage);
-  }
-  Context ctx;
-  guard::policy::Loaded loaded;
-  auto policy = loadFor(files, &ctx, &loaded);
-  if (!policy.ok()) {
-    std::fprintf(stderr, "%s\n", policy.error().message().c_str());
-    return fail("refusing to run: the policy has errors", kExitPolicyError);
-  }
-  return fail("this build cannot run commands yet: host mode (namespaces + filesystem view) is "
-              "not part of it, and guard never runs an agent unconfined",
-              kExitUsage);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -224,6 +206,12 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   app.add_option("--audit", audit_file,
                  "audit log (JSON Lines); default $XDG_STATE_HOME/guard/audit.jsonl");
+  std::string allowed_audit = "writes";
+  app.add_option("--audit-allowed", allowed_audit,
+                 "which allowed file operations are audited: none, writes (first change per "
+                 "path, default) or first (first access of any kind per path); denials always "
+                 "are")
+      ->check(CLI::IsMember({"none", "writes", "first"}));
   app.add_flag("-v,--verbose", verbosity, "more diagnostics on stderr (-vv for debug)");
   app.add_option("cmd", cmd, "command to run after --")->take_all();
   app.positionals_at_end();
@@ -276,5 +264,10 @@ int main(int argc, char** argv) {
     std::fputs(app.help().c_str(), stderr);
     return kExitUsage;
   }
-  return run(policy_files, audit_file, cmd);
+  guard::cli::SessionOptions session;
+  session.policy_files = policy_files;
+  session.audit_file = audit_file;
+  session.allowed_audit = allowed_audit;
+  session.command = cmd;
+  return guard::cli::runSession(session);
 }

@@ -51,12 +51,12 @@ void appendTimestamp(std::string* out, system_clock::time_point tp) {
   const year_month_day ymd{day};
   const hh_mm_ss<microseconds> tod{us - day};
   char buf[48];
-  const int n = std::snprintf(buf, sizeof(buf), "\"%04d-%02u-%02uT%02d:%02d:%02d.%06" PRId64 "Z\"",
-                              static_cast<int>(ymd.year()), static_cast<unsigned>(ymd.month()),
-                              static_cast<unsigned>(ymd.day()), static_cast<int>(tod.hours().count()),
-                              static_cast<int>(tod.minutes().count()),
-                              static_cast<int>(tod.seconds().count()),
-                              static_cast<int64_t>(tod.subseconds().count()));
+  const int n = std::snprintf(
+      buf, sizeof(buf), "\"%04d-%02u-%02uT%02d:%02d:%02d.%06" PRId64 "Z\"",
+      static_cast<int>(ymd.year()), static_cast<unsigned>(ymd.month()),
+      static_cast<unsigned>(ymd.day()), static_cast<int>(tod.hours().count()),
+      static_cast<int>(tod.minutes().count()), static_cast<int>(tod.seconds().count()),
+      static_cast<int64_t>(tod.subseconds().count()));
   out->append(buf, static_cast<size_t>(n));
 }
 
@@ -129,16 +129,15 @@ bool parseTimestamp(std::string_view s, system_clock::time_point* out) {
   if (!ymd.ok() || h > 23 || mi > 59 || sec > 59) {
     return false;
   }
-  const int64_t secs = sys_days{ymd}.time_since_epoch().count() * int64_t{86400} + h * 3600 +
-                       mi * 60 + sec;
+  const int64_t secs =
+      sys_days{ymd}.time_since_epoch().count() * int64_t{86400} + h * 3600 + mi * 60 + sec;
   // Stay inside system_clock's nanosecond range, so the conversion below cannot overflow.
-  constexpr int64_t kMaxSecs =
-      duration_cast<seconds>(system_clock::duration::max()).count() - 1;
+  constexpr int64_t kMaxSecs = duration_cast<seconds>(system_clock::duration::max()).count() - 1;
   if (secs > kMaxSecs || secs < -kMaxSecs) {
     return false;
   }
-  *out = system_clock::time_point{duration_cast<system_clock::duration>(
-      seconds{secs} + nanoseconds{frac_ns})};
+  *out = system_clock::time_point{
+      duration_cast<system_clock::duration>(seconds{secs} + nanoseconds{frac_ns})};
   return true;
 }
 
@@ -206,8 +205,8 @@ bool getInt64(const json& value, const char* key, int64_t lo, int64_t hi, int64_
 
 bool isKnownKey(const std::string& key) {
   static constexpr std::string_view kKeys[] = {
-      "v",      "ts",        "mono_ns", "session", "user",     "groups", "host",   "component",
-      "surface", "action",   "target",  "decision", "rule",    "reason", "pid",    "details"};
+      "v",       "ts",     "mono_ns", "session",  "user", "groups", "host", "component",
+      "surface", "action", "target",  "decision", "rule", "reason", "pid",  "details"};
   for (std::string_view k : kKeys) {
     if (key == k) {
       return true;
@@ -376,8 +375,7 @@ Result<AuditEvent> decodeEvent(std::string_view line) {
                 std::numeric_limits<int64_t>::max(), &event.mono_ns, &err)) {
     return err;
   }
-  if (!getString(j, "session", &event.session, &err) ||
-      !getString(j, "user", &event.user, &err)) {
+  if (!getString(j, "session", &event.session, &err) || !getString(j, "user", &event.user, &err)) {
     return err;
   }
   const auto groups = j.find("groups");
@@ -421,8 +419,8 @@ Result<AuditEvent> decodeEvent(std::string_view line) {
   }
   if (const auto pid = j.find("pid"); pid != j.end()) {
     int64_t p = 0;
-    if (!getInt64(*pid, "pid", std::numeric_limits<int>::min(), std::numeric_limits<int>::max(),
-                  &p, &err)) {
+    if (!getInt64(*pid, "pid", std::numeric_limits<int>::min(), std::numeric_limits<int>::max(), &p,
+                  &err)) {
       return err;
     }
     event.pid = static_cast<int>(p);
@@ -432,8 +430,7 @@ Result<AuditEvent> decodeEvent(std::string_view line) {
       return decodeError("\"details\" is not an object");
     }
     if (detailsDepth(*details) > kMaxAuditDetailsDepth) {
-      return decodeError("\"details\" nested deeper than " +
-                         std::to_string(kMaxAuditDetailsDepth));
+      return decodeError("\"details\" nested deeper than " + std::to_string(kMaxAuditDetailsDepth));
     }
     event.details = *details;
   }
@@ -590,8 +587,7 @@ void FileAuditSink::syncFile() {
 
 void FileAuditSink::recordFailure(Error error) {
   std::string notice = std::string(kStderrPrefix) + error.message() + ": " +
-                       std::strerror(error.savedErrno()) +
-                       "; audit events now follow on stderr\n";
+                       std::strerror(error.savedErrno()) + "; audit events now follow on stderr\n";
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (error_.ok()) {

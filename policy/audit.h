@@ -1,4 +1,4 @@
-// Audit events: the versioned JSON Lines record of every decision and lifecycle step, and its sinks.
+// Audit events: the versioned JSON Lines record of every decision and lifecycle step; sinks.
 #pragma once
 
 #include <atomic>
@@ -8,12 +8,11 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "policy/error.h"
 
@@ -59,10 +58,10 @@ struct AuditEvent {
   // "allow", "deny", "would_deny"; lifecycle events use an outcome from the closed set
   // ok, setup_error, violation, signaled, timeout, killed, internal_error.
   std::string decision;
-  AuditRule rule;             // omitted from JSON when rule.id is empty
-  std::string reason;         // omitted when empty
-  int pid = 0;                // omitted when 0
-  nlohmann::json details;     // an object; omitted when null or empty
+  AuditRule rule;          // omitted from JSON when rule.id is empty
+  std::string reason;      // omitted when empty
+  int pid = 0;             // omitted when 0
+  nlohmann::json details;  // an object; omitted when null or empty
 
   friend bool operator==(const AuditEvent&, const AuditEvent&) = default;
 };
@@ -161,8 +160,8 @@ class FileAuditSink : public AuditSink {
 
   // mu_ guards everything below except failed_. Lock order: mu_ is a leaf lock.
   std::mutex mu_;
-  std::condition_variable wake_;      // writer waits: lines queued, sync requested or stop
-  std::condition_variable not_full_;  // emit waits: queue below capacity_
+  std::condition_variable wake_;       // writer waits: lines queued, sync requested or stop
+  std::condition_variable not_full_;   // emit waits: queue below capacity_
   std::condition_variable synced_cv_;  // flush waits: synced_ reached its target
   std::vector<std::string> queue_;
   uint64_t enqueued_ = 0;     // lines ever queued
@@ -170,7 +169,7 @@ class FileAuditSink : public AuditSink {
   uint64_t sync_target_ = 0;  // highest enqueued_ a flush() waits for
   uint64_t synced_ = 0;       // lines known durable (or diverted to stderr)
   bool stop_ = false;
-  Error error_;               // first error, sticky
+  Error error_;  // first error, sticky
   std::atomic<bool> failed_{false};
 
   std::thread writer_;  // last: started after every other member is initialised

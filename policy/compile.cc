@@ -142,6 +142,9 @@ class Compiler {
 
     FsLayer fs;
     fs.default_rule = addDefault(l, l.filesystem, "filesystem");
+    if (l.filesystem.default_value && *l.filesystem.default_value != Access::kHidden) {
+      c_->visible_default = true;
+    }
     for (const FsRule& fr : l.fs_rules) {
       uint32_t r = addRule(l, fr.meta);
       c_->rules[r].access = fr.access;
@@ -155,6 +158,9 @@ class Compiler {
                            "directory");
         }
         fs.paths.add(p, r);
+        if (fr.access != Access::kHidden) {
+          addVisible(p, fr.access);
+        }
         c_->fs_patterns[r].push_back(std::move(p));
       }
     }
@@ -192,6 +198,31 @@ class Compiler {
     }
     c_->mcp.push_back(std::move(mcp));
     return Error();
+  }
+
+  void addVisible(const std::string& pattern, Access access) {
+    // The literal prefix is every segment before the first glob.
+    std::string prefix;
+    bool glob = false;
+    size_t i = 1;
+    while (i <= pattern.size()) {
+      size_t j = pattern.find('/', i);
+      if (j == std::string::npos) {
+        j = pattern.size();
+      }
+      std::string_view seg = std::string_view(pattern).substr(i, j - i);
+      if (seg.empty()) {
+        break;
+      }
+      if (hasGlob(seg)) {
+        glob = true;
+        break;
+      }
+      prefix += "/";
+      prefix += seg;
+      i = j + 1;
+    }
+    c_->visible.push_back({prefix.empty() ? "/" : prefix, glob, access});
   }
 
   Compiled* c_;

@@ -87,6 +87,10 @@ class Compiled {
   uint32_t builtin_mcp = kNone;
   uint32_t builtin_cred = kNone;
 
+  // Literal prefixes of non-hidden filesystem patterns (see revealsBelow).
+  std::vector<Policy::VisiblePrefix> visible;
+  bool visible_default = false;  // some layer's filesystem default is not hidden
+
   // Each rule's expanded filesystem patterns, for `policy show`.
   std::vector<std::vector<std::string>> fs_patterns;  // indexed like rules
 };

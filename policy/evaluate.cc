@@ -342,6 +342,36 @@ Verdict Policy::file(std::string_view path, FileOp op) const {
   return v;
 }
 
+bool Policy::revealsBelow(std::string_view dir) const {
+  const Compiled& c = *c_;
+  if (c.visible_default) {
+    return true;
+  }
+  char buf[kMaxPathLen + 1];
+  size_t n = normalisePath(dir, buf);
+  if (n == 0) {
+    return false;
+  }
+  std::string_view d(buf, n);
+  auto under = [](std::string_view path, std::string_view base) {
+    if (base == "/") {
+      return path.size() > 1;
+    }
+    return path.size() > base.size() && path.starts_with(base) && path[base.size()] == '/';
+  };
+  for (const VisiblePrefix& v : c.visible) {
+    if (under(v.prefix, d)) {
+      return true;  // a visible pattern lies below DIR
+    }
+    if (v.glob && (v.prefix == d || under(d, v.prefix))) {
+      return true;  // a glob below DIR's ancestor may match under DIR
+    }
+  }
+  return false;
+}
+
+const std::vector<Policy::VisiblePrefix>& Policy::visiblePrefixes() const { return c_->visible; }
+
 Verdict Policy::env(std::string_view name) const {
   const Compiled& c = *c_;
   uint32_t r = layered(

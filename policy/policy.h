@@ -114,6 +114,23 @@ class Policy {
   // `..` collapse). verdict.access carries the path's mode.
   Verdict file(std::string_view path, FileOp op) const;
 
+  // revealsBelow reports whether some path strictly below directory DIR
+  // (absolute) could be visible: a non-hidden rule names something under it,
+  // or a non-hidden default applies. The filesystem view shows a hidden
+  // directory for which this holds as a bare, traverse-only directory, so
+  // that /home stays reachable on the way to a visible /home/alice/project.
+  bool revealsBelow(std::string_view dir) const;
+
+  // visiblePrefixes lists the literal leading directories of every
+  // non-hidden filesystem pattern (for Landlock and for mount planning), with
+  // whether the pattern continues with a glob, and the pattern's access.
+  struct VisiblePrefix {
+    std::string prefix;
+    bool glob;
+    Access access;
+  };
+  const std::vector<VisiblePrefix>& visiblePrefixes() const;
+
   // env decides whether host variable NAME passes into the session.
   Verdict env(std::string_view name) const;
 

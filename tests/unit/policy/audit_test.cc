@@ -200,12 +200,12 @@ TEST_CASE("decodeEvent rejects malformed lines", "[unit]") {
       "null",
       "{}",
       good + "x",
-      with(R"("v":1,)", ""),                                     // missing v
-      with(R"("v":1)", R"("v":2)"),                              // unknown version
-      with(R"("v":1)", R"("v":1.0)"),                            // float version
-      with(R"("v":1)", R"("v":"1")"),                            // string version
-      with(R"("user":"alice",)", ""),                            // missing required key
-      with(R"("user":"alice")", R"("user":7)"),                  // wrong type
+      with(R"("v":1,)", ""),                     // missing v
+      with(R"("v":1)", R"("v":2)"),              // unknown version
+      with(R"("v":1)", R"("v":1.0)"),            // float version
+      with(R"("v":1)", R"("v":"1")"),            // string version
+      with(R"("user":"alice",)", ""),            // missing required key
+      with(R"("user":"alice")", R"("user":7)"),  // wrong type
       with(R"("groups":["eng","sre"])", R"("groups":["eng",1])"),
       with(R"("groups":["eng","sre"])", R"("groups":"eng")"),
       with(R"("mono_ns":987654321012)", R"("mono_ns":9223372036854775808)"),
@@ -217,10 +217,10 @@ TEST_CASE("decodeEvent rejects malformed lines", "[unit]") {
       with(R"("ts":"2026-11-27T12:00:00.123456Z")", R"("ts":"9999-11-27T12:00:00Z")"),
       with(R"("ts":"2026-11-27T12:00:00.123456Z")", R"("ts":"2026-11-27T12:00:00.Z")"),
       with(R"("ts":"2026-11-27T12:00:00.123456Z")", R"("ts":"2026-11-27T24:00:00Z")"),
-      with(R"("reason")", R"("extra":1,"reason")"),                // unknown key
+      with(R"("reason")", R"("extra":1,"reason")"),  // unknown key
       with(R"("layer":"org")", R"("layer":null)"),
       good.substr(0, good.find(R"("details":)")) + R"("details":[1]})",  // non-object details
-      std::string("{\"v\":1,\"user\":\"\xff\"}"),                 // invalid UTF-8 in the input
+      std::string("{\"v\":1,\"user\":\"\xff\"}"),  // invalid UTF-8 in the input
   };
   for (const std::string& line : bad) {
     INFO(line);

@@ -1,0 +1,1176 @@
+// The filesystem view: a passthrough libfuse3 low-level filesystem that asks
+// the policy about every path before it touches the host.
+//
+// Trust boundary: every request comes from the agent. Each node holds an
+// O_PATH descriptor opened relative to its parent's descriptor with
+// O_NOFOLLOW, so the daemon never follows a symlink itself: the kernel
+// resolves symlinks inside the view, one component at a time, through
+// lookup() below. The path a node was reached by is the path the policy
+// judges, so a symlink, `..` or /proc/self/root shows nothing the policy
+// hides.
+#define FUSE_USE_VERSION 312
+
+#include "fusefs/view.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace guard::fusefs {
+
+using policy::Access;
+using policy::Decision;
+using policy::FileOp;
+using policy::Verdict;
+
+namespace {
+
+constexpr double kEntryTimeout = 1.0;  // seconds the kernel may cache names and attributes
+
+std::shared_ptr<spdlog::logger> logger() {
+  static std::shared_ptr<spdlog::logger> l = [] {
+    auto existing = spdlog::get("fusefs");
+    return existing ? existing : spdlog::stderr_color_mt("fusefs");
+  }();
+  return l;
+}
+
+std::string procPath(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
+
+}  // namespace
+
+struct Node {
+  int fd = -1;  // O_PATH | O_NOFOLLOW on the host object; -1 for none
+  Node* parent = nullptr;
+  std::string name;
+  uint64_t nlookup = 0;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  bool is_dir = false;
+  bool traverse_only = false;  // hidden directory shown bare, to reach visible descendants
+  bool synthetic = false;      // a mount point the jail covers
+  Verdict write_verdict;       // the policy's answer for writing this path
+  std::atomic<bool> audited_write{false};
+  std::atomic<bool> audited_any{false};
+  std::unordered_map<std::string, Node*> children;
+};
+
+struct DirHandle {
+  DIR* dir = nullptr;
+  off_t offset = 0;
+  struct dirent* entry = nullptr;
+};
+
+class View {
+ public:
+  View(const policy::Policy& p, policy::AuditSink* sink, ViewOptions opts)
+      : policy_(p), sink_(sink), opts_(std::move(opts)) {}
+
+  ~View() { stop(); }
+
+  Error start();
+  void stop();
+  Error detachHostMount();
+  bool failed() const { return loop_error_.load(); }
+
+  // ---- FUSE operations (static trampolines call these) -----------------
+  void init(fuse_conn_info* conn);
+  void lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
+  void forget(fuse_ino_t ino, uint64_t n);
+  void getattr(fuse_req_t req, fuse_ino_t ino);
+  void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
+               fuse_file_info* fi);
+  void readlink(fuse_req_t req, fuse_ino_t ino);
+  void makeNode(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev,
+                const char* link, const char* action);
+  void unlink(fuse_req_t req, fuse_ino_t parent, const char* name, bool dir);
+  void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+              const char* newname, unsigned flags);
+  void link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname);
+  void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+              fuse_file_info* fi);
+  void opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi);
+  void statfs(fuse_req_t req, fuse_ino_t ino);
+  void setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                int flags);
+  void getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size);
+  void listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+  void removexattr(fuse_req_t req, fuse_ino_t ino, const char* name);
+
+  Node* node(fuse_ino_t ino) {
+    return ino == FUSE_ROOT_ID ? &root_ : reinterpret_cast<Node*>(ino);
+  }
+
+ private:
+  std::string pathOfLocked(const Node* n) const;
+  std::string pathOf(const Node* n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return pathOfLocked(n);
+  }
+  static std::string join(const std::string& dir, const char* name) {
+    return dir == "/" ? "/" + std::string(name) : dir + "/" + name;
+  }
+  bool isMountpoint(const std::string& path) const {
+    for (const std::string& s : opts_.mountpoints) {
+      if (s == path) {
+        return true;
+      }
+    }
+    return false;
+  }
+  bool isSynthetic(const std::string& path) const {
+    for (const std::string& s : opts_.synthetic) {
+      if (s == path) {
+        return true;
+      }
+    }
+    return false;
+  }
+  // checkWrite decides a modifying operation on PATH with verdict V. Returns
+  // 0 to proceed, or the errno to reply; emits the audit event.
+  int checkWrite(fuse_req_t req, const std::string& path, const Verdict& v, const char* action,
+                 Node* n);
+  void audit(fuse_req_t req, const std::string& path, const Verdict& v, const char* action);
+  bool hiddenInode(dev_t dev, ino_t ino) {
+    std::lock_guard<std::mutex> lock(hidden_mu_);
+    return hidden_inodes_.count(key(dev, ino)) != 0;
+  }
+  void noteHidden(dev_t dev, ino_t ino) {
+    std::lock_guard<std::mutex> lock(hidden_mu_);
+    hidden_inodes_.insert(key(dev, ino));
+  }
+  static uint64_t key(dev_t dev, ino_t ino) {
+    return static_cast<uint64_t>(ino) * 0x9e3779b97f4a7c15ULL ^ static_cast<uint64_t>(dev);
+  }
+  void scanHidden();
+  void replyEntry(fuse_req_t req, Node* n, const struct stat& st);
+  void dropLocked(Node* n, uint64_t count);
+
+  const policy::Policy& policy_;
+  policy::AuditSink* sink_;
+  ViewOptions opts_;
+  Node root_;
+  int empty_dir_fd_ = -1;  // what synthetic directories show
+  std::string empty_dir_;
+
+  std::mutex mu_;  // guards the node tree: children maps, parent/name, nlookup
+
+  std::mutex hidden_mu_;
+  std::unordered_set<uint64_t> hidden_inodes_;  // (dev, ino) of hidden files seen
+
+  fuse_session* se_ = nullptr;
+  std::thread loop_;
+  std::atomic<bool> loop_ended_{false};
+  std::atomic<bool> loop_error_{false};
+  std::atomic<bool> stopping_{false};
+  bool host_mounted_ = false;
+};
+
+std::string View::pathOfLocked(const Node* n) const {
+  if (n == &root_) {
+    return "/";
+  }
+  const Node* chain[4096];
+  size_t depth = 0;
+  for (const Node* p = n; p != nullptr && p != &root_ && depth < 4096; p = p->parent) {
+    chain[depth++] = p;
+  }
+  std::string path;
+  while (depth > 0) {
+    path += '/';
+    path += chain[--depth]->name;
+  }
+  return path.empty() ? "/" : path;
+}
+
+void View::audit(fuse_req_t req, const std::string& path, const Verdict& v, const char* action) {
+  if (sink_ == nullptr) {
+    return;
+  }
+  policy::AuditEvent e = opts_.audit_base;
+  e.ts = std::chrono::system_clock::now();
+  e.mono_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                  std::chrono::steady_clock::now().time_since_epoch())
+                  .count();
+  e.component = "fusefs";
+  e.surface = "filesystem";
+  e.action = action;
+  e.target = path;
+  e.decision = policy::decisionName(v.decision);
+  e.rule = {std::string(v.rule.id), std::string(v.rule.layer), v.rule.source()};
+  e.reason = std::string(v.reason);
+  if (req != nullptr) {
+    e.pid = static_cast<int>(fuse_req_ctx(req)->pid);
+  }
+  e.details = {{"access", policy::accessName(v.access)}};
+  sink_->emit(std::move(e));
+}
+
+int View::checkWrite(fuse_req_t req, const std::string& path, const Verdict& v,
+                     const char* action, Node* n) {
+  if (v.decision == Decision::kDeny) {
+    audit(req, path, v, action);
+    return v.access == Access::kHidden ? EACCES : EROFS;
+  }
+  if (v.decision == Decision::kWouldDeny ||
+      (opts_.allowed_audit != AllowedAudit::kNone &&
+       (n == nullptr || !n->audited_write.exchange(true)))) {
+    audit(req, path, v, action);
+  }
+  return 0;
+}
+
+void View::replyEntry(fuse_req_t req, Node* n, const struct stat& st) {
+  fuse_entry_param e{};
+  e.ino = reinterpret_cast<fuse_ino_t>(n);
+  e.attr = st;
+  e.attr_timeout = kEntryTimeout;
+  e.entry_timeout = kEntryTimeout;
+  if (fuse_reply_entry(req, &e) == -ENOENT) {
+    // The kernel gave up on the request (interrupted); undo the lookup.
+    forget(e.ino, 1);
+  }
+}
+
+void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
+  Node* parent = node(parent_ino);
+  if (parent->synthetic || strcmp(name, "..") == 0 || strcmp(name, ".") == 0) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  std::string path = join(pathOf(parent), name);
+  Verdict v = policy_.file(path, FileOp::kWrite);
+  bool synthetic = parent == &root_ &&
+                   (isSynthetic(path) || (isMountpoint(path) && v.access == Access::kHidden));
+  struct stat st {};
+  bool traverse = false;
+  if (synthetic) {
+    if (fstat(empty_dir_fd_, &st) != 0) {
+      fuse_reply_err(req, errno);
+      return;
+    }
+  } else {
+    if (fstatat(parent->fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      fuse_reply_err(req, errno);
+      return;
+    }
+    if (v.access == Access::kHidden) {
+      if (S_ISDIR(st.st_mode) && policy_.revealsBelow(path)) {
+        traverse = true;
+      } else if (v.decision == Decision::kDeny) {
+        if (S_ISREG(st.st_mode)) {
+          noteHidden(st.st_dev, st.st_ino);
+        }
+        audit(req, path, policy_.file(path, FileOp::kRead), "lookup");
+        fuse_reply_err(req, ENOENT);
+        return;
+      }
+    }
+    // A second name for a hidden file (a hard link made before or during the
+    // session) is as hidden as the first.
+    if (S_ISREG(st.st_mode) && st.st_nlink > 1 && hiddenInode(st.st_dev, st.st_ino)) {
+      Verdict hv = v;
+      hv.decision = Decision::kDeny;
+      hv.access = Access::kHidden;
+      hv.reason = "hard link to a hidden file";
+      audit(req, path, hv, "lookup");
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+  }
+  int fd = synthetic ? dup(empty_dir_fd_)
+                     : openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    fuse_reply_err(req, errno);
+    return;
+  }
+  if (!synthetic) {
+    struct stat st2 {};
+    if (fstatat(fd, "", &st2, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0 ||
+        st2.st_ino != st.st_ino || st2.st_dev != st.st_dev) {
+      close(fd);  // replaced between the check and the open: let the kernel retry
+      fuse_reply_err(req, ESTALE);
+      return;
+    }
+  }
+  Node* n = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = parent->children.find(name);
+    if (it != parent->children.end() && it->second->dev == st.st_dev &&
+        it->second->ino == st.st_ino) {
+      n = it->second;
+      close(fd);
+    } else {
+      n = new (std::nothrow) Node;
+      if (n == nullptr) {
+        close(fd);
+        fuse_reply_err(req, ENOMEM);
+        return;
+      }
+      n->fd = fd;
+      n->parent = parent;
+      n->name = name;
+      n->dev = st.st_dev;
+      n->ino = st.st_ino;
+      n->is_dir = S_ISDIR(st.st_mode);
+      n->synthetic = synthetic;
+      if (it != parent->children.end()) {
+        it->second->parent = nullptr;  // the old object is gone from this name
+        it->second = n;
+      } else {
+        parent->children.emplace(name, n);
+      }
+      ++parent->nlookup;  // a child keeps its parent alive
+    }
+    n->traverse_only = traverse;
+    n->write_verdict = synthetic ? Verdict{} : v;
+    if (synthetic) {
+      n->write_verdict.decision = Decision::kDeny;
+      n->write_verdict.access = Access::kReadOnly;
+    }
+    ++n->nlookup;
+  }
+  if (v.decision == Decision::kWouldDeny && v.access == Access::kHidden && !traverse) {
+    audit(req, path, policy_.file(path, FileOp::kRead), "lookup");
+  } else if (opts_.allowed_audit == AllowedAudit::kFirst && !n->audited_any.exchange(true)) {
+    audit(req, path, policy_.file(path, FileOp::kRead), "lookup");
+  }
+  if (traverse) {
+    st.st_mode = (st.st_mode & ~07777) | 0555;
+  }
+  replyEntry(req, n, st);
+}
+
+void View::dropLocked(Node* n, uint64_t count) {
+  while (n != nullptr && n != &root_) {
+    n->nlookup = n->nlookup > count ? n->nlookup - count : 0;
+    if (n->nlookup != 0) {
+      return;
+    }
+    Node* parent = n->parent;
+    if (parent != nullptr) {
+      auto it = parent->children.find(n->name);
+      if (it != parent->children.end() && it->second == n) {
+        parent->children.erase(it);
+      }
+    }
+    for (auto& [child_name, child] : n->children) {
+      child->parent = nullptr;  // cannot happen: a child holds a count on us
+    }
+    close(n->fd);
+    delete n;
+    n = parent;
+    count = 1;  // release the count the child held on its parent
+  }
+}
+
+void View::forget(fuse_ino_t ino, uint64_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  dropLocked(node(ino), n);
+}
+
+void View::getattr(fuse_req_t req, fuse_ino_t ino) {
+  Node* n = node(ino);
+  struct stat st {};
+  if (fstatat(n->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
+    fuse_reply_err(req, errno);
+    return;
+  }
+  if (n->traverse_only) {
+    st.st_mode = (st.st_mode & ~07777) | 0555;
+  }
+  fuse_reply_attr(req, &st, kEntryTimeout);
+}
+
+void View::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
+                   fuse_file_info* fi) {
+  Node* n = node(ino);
+  std::string path = pathOf(n);
+  const char* action = (to_set & FUSE_SET_ATTR_SIZE)                       ? "truncate"
+                       : (to_set & FUSE_SET_ATTR_MODE)                     ? "chmod"
+                       : (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) ? "chown"
+                                                                            : "utimes";
+  Verdict v = n->traverse_only ? policy_.file(path, FileOp::kWrite) : n->write_verdict;
+  if (n->traverse_only) {
+    v.decision = Decision::kDeny;
+  }
+  if (int err = checkWrite(req, path, v, action, n); err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  std::string proc = procPath(n->fd);
+  int rc = 0;
+  if (to_set & FUSE_SET_ATTR_MODE) {
+    rc = fi != nullptr ? fchmod(static_cast<int>(fi->fh), attr->st_mode)
+                       : chmod(proc.c_str(), attr->st_mode);
+  }
+  if (rc == 0 && (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
+    uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : static_cast<uid_t>(-1);
+    gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : static_cast<gid_t>(-1);
+    rc = fchownat(n->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+  }
+  if (rc == 0 && (to_set & FUSE_SET_ATTR_SIZE)) {
+    rc = fi != nullptr ? ftruncate(static_cast<int>(fi->fh), attr->st_size)
+                       : truncate(proc.c_str(), attr->st_size);
+  }
+  if (rc == 0 && (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))) {
+    struct timespec tv[2];
+    tv[0].tv_sec = 0;
+    tv[1].tv_sec = 0;
+    tv[0].tv_nsec = UTIME_OMIT;
+    tv[1].tv_nsec = UTIME_OMIT;
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
+      tv[0].tv_nsec = UTIME_NOW;
+    } else if (to_set & FUSE_SET_ATTR_ATIME) {
+      tv[0] = attr->st_atim;
+    }
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+      tv[1].tv_nsec = UTIME_NOW;
+    } else if (to_set & FUSE_SET_ATTR_MTIME) {
+      tv[1] = attr->st_mtim;
+    }
+    rc = fi != nullptr ? futimens(static_cast<int>(fi->fh), tv)
+                       : utimensat(AT_FDCWD, proc.c_str(), tv, 0);
+  }
+  if (rc != 0) {
+    fuse_reply_err(req, errno);
+    return;
+  }
+  getattr(req, ino);
+}
+
+void View::readlink(fuse_req_t req, fuse_ino_t ino) {
+  char buf[PATH_MAX + 1];
+  ssize_t len = readlinkat(node(ino)->fd, "", buf, sizeof(buf));
+  if (len < 0) {
+    fuse_reply_err(req, errno);
+    return;
+  }
+  if (static_cast<size_t>(len) == sizeof(buf)) {
+    fuse_reply_err(req, ENAMETOOLONG);
+    return;
+  }
+  buf[len] = '\0';
+  fuse_reply_readlink(req, buf);
+}
+
+void View::makeNode(fuse_req_t req, fuse_ino_t parent_ino, const char* name, mode_t mode,
+                    dev_t rdev, const char* link, const char* action) {
+  Node* parent = node(parent_ino);
+  std::string path = join(pathOf(parent), name);
+  Verdict v = policy_.file(path, FileOp::kWrite);
+  if (parent->synthetic) {
+    v.decision = Decision::kDeny;
+  }
+  if (int err = checkWrite(req, path, v, action, nullptr); err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  int rc;
+  if (link != nullptr) {
+    rc = symlinkat(link, parent->fd, name);
+  } else if (S_ISDIR(mode)) {
+    rc = mkdirat(parent->fd, name, mode);
+  } else {
+    rc = mknodat(parent->fd, name, mode, rdev);
+  }
+  if (rc != 0) {
+    fuse_reply_err(req, errno);
+    return;
+  }
+  lookup(req, parent_ino, name);
+}
+
+void View::unlink(fuse_req_t req, fuse_ino_t parent_ino, const char* name, bool dir) {
+  Node* parent = node(parent_ino);
+  std::string path = join(pathOf(parent), name);
+  Verdict v = policy_.file(path, FileOp::kWrite);
+  if (v.access == Access::kHidden && v.decision == Decision::kDeny) {
+    audit(req, path, v, dir ? "rmdir" : "unlink");
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  if (int err = checkWrite(req, path, v, dir ? "rmdir" : "unlink", nullptr); err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fuse_reply_err(req, unlinkat(parent->fd, name, dir ? AT_REMOVEDIR : 0) == 0 ? 0 : errno);
+}
+
+void View::rename(fuse_req_t req, fuse_ino_t parent_ino, const char* name,
+                  fuse_ino_t newparent_ino, const char* newname, unsigned flags) {
+  Node* parent = node(parent_ino);
+  Node* newparent = node(newparent_ino);
+  std::string from = join(pathOf(parent), name);
+  std::string to = join(pathOf(newparent), newname);
+  Verdict vf = policy_.file(from, FileOp::kWrite);
+  Verdict vt = policy_.file(to, FileOp::kWrite);
+  // Both names must be writable: renaming a read-only file away, or over a
+  // read-only file, or into a hidden name, all change what the policy protects.
+  if (int err = checkWrite(req, from, vf, "rename", nullptr); err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  if (int err = checkWrite(req, to, vt, "rename", nullptr); err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  if (renameat2(parent->fd, name, newparent->fd, newname, flags) != 0) {
+    fuse_reply_err(req, errno);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = parent->children.find(name);
+    if (it != parent->children.end()) {
+      Node* moved = it->second;
+      parent->children.erase(it);
+      auto old = newparent->children.find(newname);
+      if (old != newparent->children.end()) {
+        old->second->parent = nullptr;
+        newparent->children.erase(old);
+      }
+      // The moved node keeps its lookup count; the count it held on its old
+      // parent moves to the new one.
+      moved->parent = newparent;
+      moved->name = newname;
+      moved->write_verdict = vt;
+      newparent->children.emplace(newname, moved);
+      ++newparent->nlookup;
+      dropLocked(parent, 1);
+    }
+  }
+  fuse_reply_err(req, 0);
+}
+
+void View::link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent_ino, const char* newname) {
+  Node* n = node(ino);
+  Node* newparent = node(newparent_ino);
+  std::string from = pathOf(n);
+  std::string to = join(pathOf(newparent), newname);
+  if (int err = checkWrite(req, from, n->write_verdict, "link", n); err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  if (int err = checkWrite(req, to, policy_.file(to, FileOp::kWrite), "link", nullptr);
+      err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  std::string proc = procPath(n->fd);
+  if (linkat(AT_FDCWD, proc.c_str(), newparent->fd, newname, AT_SYMLINK_FOLLOW) != 0) {
+    fuse_reply_err(req, errno);
+    return;
+  }
+  lookup(req, newparent_ino, newname);
+}
+
+void View::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Node* n = node(ino);
+  int acc = fi->flags & O_ACCMODE;
+  bool writes = acc == O_WRONLY || acc == O_RDWR || (fi->flags & O_TRUNC) != 0;
+  if (writes || n->traverse_only) {
+    Verdict v = n->write_verdict;
+    if (n->traverse_only) {
+      v.decision = Decision::kDeny;
+    }
+    if (writes) {
+      if (int err = checkWrite(req, pathOf(n), v, "open", n); err != 0) {
+        fuse_reply_err(req, err);
+        return;
+      }
+    }
+  }
+  if (opts_.allowed_audit == AllowedAudit::kFirst && !writes && !n->audited_any.exchange(true)) {
+    audit(req, pathOf(n), policy_.file(pathOf(n), FileOp::kRead), "open");
+  }
+  int fd = ::open(procPath(n->fd).c_str(), (fi->flags & ~(O_NOFOLLOW | O_CREAT)) | O_CLOEXEC);
+  if (fd < 0) {
+    fuse_reply_err(req, errno);
+    return;
+  }
+  fi->fh = static_cast<uint64_t>(fd);
+  fuse_reply_open(req, fi);
+}
+
+void View::create(fuse_req_t req, fuse_ino_t parent_ino, const char* name, mode_t mode,
+                  fuse_file_info* fi) {
+  Node* parent = node(parent_ino);
+  std::string path = join(pathOf(parent), name);
+  Verdict v = policy_.file(path, FileOp::kWrite);
+  if (parent->synthetic) {
+    v.decision = Decision::kDeny;
+  }
+  if (int err = checkWrite(req, path, v, "create", nullptr); err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  int fd = openat(parent->fd, name, (fi->flags | O_CREAT | O_NOFOLLOW) | O_CLOEXEC, mode);
+  if (fd < 0) {
+    fuse_reply_err(req, errno);
+    return;
+  }
+  struct stat st {};
+  int pfd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (pfd < 0 || fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    if (pfd >= 0) {
+      close(pfd);
+    }
+    fuse_reply_err(req, e);
+    return;
+  }
+  Node* n = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = parent->children.find(name);
+    if (it != parent->children.end() && it->second->ino == st.st_ino &&
+        it->second->dev == st.st_dev) {
+      n = it->second;
+      close(pfd);
+    } else {
+      n = new Node;
+      n->fd = pfd;
+      n->parent = parent;
+      n->name = name;
+      n->dev = st.st_dev;
+      n->ino = st.st_ino;
+      if (it != parent->children.end()) {
+        it->second->parent = nullptr;
+        it->second = n;
+      } else {
+        parent->children.emplace(name, n);
+      }
+      ++parent->nlookup;
+    }
+    n->write_verdict = v;
+    ++n->nlookup;
+  }
+  fi->fh = static_cast<uint64_t>(fd);
+  fuse_entry_param e{};
+  e.ino = reinterpret_cast<fuse_ino_t>(n);
+  e.attr = st;
+  e.attr_timeout = kEntryTimeout;
+  e.entry_timeout = kEntryTimeout;
+  fuse_reply_create(req, &e, fi);
+}
+
+void View::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Node* n = node(ino);
+  auto* d = new (std::nothrow) DirHandle;
+  if (d == nullptr) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  int fd = openat(n->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || (d->dir = fdopendir(fd)) == nullptr) {
+    int e = errno;
+    if (fd >= 0) {
+      close(fd);
+    }
+    delete d;
+    fuse_reply_err(req, e);
+    return;
+  }
+  fi->fh = reinterpret_cast<uint64_t>(d);
+  fi->cache_readdir = 0;
+  fuse_reply_open(req, fi);
+}
+
+void View::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  Node* n = node(ino);
+  auto* d = reinterpret_cast<DirHandle*>(fi->fh);
+  char* buf = static_cast<char*>(calloc(1, size));
+  if (buf == nullptr) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  if (off != d->offset) {
+    seekdir(d->dir, off);
+    d->entry = nullptr;
+    d->offset = off;
+  }
+  std::string dir = pathOf(n);
+  size_t used = 0;
+  bool synthetic_dir = n->synthetic;
+  for (;;) {
+    if (d->entry == nullptr) {
+      errno = 0;
+      d->entry = ::readdir(d->dir);
+      if (d->entry == nullptr) {
+        break;
+      }
+    }
+    struct dirent* ent = d->entry;
+    off_t next = ent->d_off;
+    bool show = !synthetic_dir;
+    if (show && strcmp(ent->d_name, ".") != 0 && strcmp(ent->d_name, "..") != 0) {
+      std::string path = join(dir, ent->d_name);
+      if (n == &root_ && (isSynthetic(path) || isMountpoint(path))) {
+        show = true;
+      } else {
+        Verdict v = policy_.file(path, FileOp::kRead);
+        if (v.decision == Decision::kDeny) {
+          bool may_be_dir = ent->d_type == DT_DIR || ent->d_type == DT_UNKNOWN;
+          show = may_be_dir && policy_.revealsBelow(path);
+          if (!show && ent->d_type == DT_REG) {
+            noteHidden(n->dev, ent->d_ino);
+          }
+        }
+      }
+    }
+    if (show) {
+      struct stat st {};
+      st.st_ino = ent->d_ino;
+      st.st_mode = static_cast<mode_t>(ent->d_type) << 12;
+      size_t len = fuse_add_direntry(req, buf + used, size - used, ent->d_name, &st, next);
+      if (len > size - used) {
+        break;  // keep d->entry for the next call
+      }
+      used += len;
+    }
+    d->entry = nullptr;
+    d->offset = next;
+  }
+  fuse_reply_buf(req, buf, used);
+  free(buf);
+}
+
+void View::statfs(fuse_req_t req, fuse_ino_t ino) {
+  struct statvfs s {};
+  if (fstatvfs(node(ino)->fd, &s) != 0) {
+    fuse_reply_err(req, errno);
+    return;
+  }
+  fuse_reply_statfs(req, &s);
+}
+
+void View::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
+                    size_t size, int flags) {
+  Node* n = node(ino);
+  Verdict v = n->write_verdict;
+  if (n->traverse_only || n->synthetic) {
+    v.decision = Decision::kDeny;
+  }
+  if (int err = checkWrite(req, pathOf(n), v, "setxattr", n); err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  int rc = ::setxattr(procPath(n->fd).c_str(), name, value, size, flags);
+  fuse_reply_err(req, rc == 0 ? 0 : errno);
+}
+
+void View::removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  Node* n = node(ino);
+  Verdict v = n->write_verdict;
+  if (n->traverse_only || n->synthetic) {
+    v.decision = Decision::kDeny;
+  }
+  if (int err = checkWrite(req, pathOf(n), v, "removexattr", n); err != 0) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  int rc = ::removexattr(procPath(n->fd).c_str(), name);
+  fuse_reply_err(req, rc == 0 ? 0 : errno);
+}
+
+void View::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  Node* n = node(ino);
+  std::string proc = procPath(n->fd);
+  if (size == 0) {
+    ssize_t len = ::getxattr(proc.c_str(), name, nullptr, 0);
+    len < 0 ? fuse_reply_err(req, errno) : fuse_reply_xattr(req, static_cast<size_t>(len));
+    return;
+  }
+  std::string buf(size, '\0');
+  ssize_t len = ::getxattr(proc.c_str(), name, buf.data(), size);
+  len < 0 ? fuse_reply_err(req, errno) : fuse_reply_buf(req, buf.data(), static_cast<size_t>(len));
+}
+
+void View::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  Node* n = node(ino);
+  std::string proc = procPath(n->fd);
+  if (size == 0) {
+    ssize_t len = ::listxattr(proc.c_str(), nullptr, 0);
+    len < 0 ? fuse_reply_err(req, errno) : fuse_reply_xattr(req, static_cast<size_t>(len));
+    return;
+  }
+  std::string buf(size, '\0');
+  ssize_t len = ::listxattr(proc.c_str(), buf.data(), size);
+  len < 0 ? fuse_reply_err(req, errno) : fuse_reply_buf(req, buf.data(), static_cast<size_t>(len));
+}
+
+void View::init(fuse_conn_info* conn) {
+  // Splice moves file data without copying through the daemon.
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) {
+    conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+  }
+  if (conn->capable & FUSE_CAP_SPLICE_READ) {
+    conn->want |= FUSE_CAP_SPLICE_READ;
+  }
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) {
+    conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  }
+  conn->want &= ~static_cast<unsigned>(FUSE_CAP_EXPORT_SUPPORT);
+  conn->max_write = 1 << 20;
+  conn->max_readahead = 1 << 20;
+}
+
+void View::scanHidden() {
+  // Record the inodes under hidden literal paths, so a hard link to one of
+  // them that exists before the session (or is made during it) stays hidden.
+  size_t budget = 100000;
+  for (const auto& vp : policy_.visiblePrefixes()) {
+    if (vp.access != Access::kHidden || vp.glob || budget == 0) {
+      continue;
+    }
+    std::vector<std::string> stack = {vp.prefix};
+    while (!stack.empty() && budget > 0) {
+      std::string p = stack.back();
+      stack.pop_back();
+      struct stat st {};
+      if (lstat(p.c_str(), &st) != 0) {
+        continue;
+      }
+      --budget;
+      if (S_ISREG(st.st_mode)) {
+        noteHidden(st.st_dev, st.st_ino);
+      } else if (S_ISDIR(st.st_mode)) {
+        DIR* d = ::opendir(p.c_str());
+        if (d == nullptr) {
+          continue;
+        }
+        while (struct dirent* e = ::readdir(d)) {
+          if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+            stack.push_back(p + "/" + e->d_name);
+          }
+        }
+        closedir(d);
+      }
+    }
+  }
+}
+
+// ---- trampolines ------------------------------------------------------------
+
+namespace {
+
+View* self(fuse_req_t req) { return static_cast<View*>(fuse_req_userdata(req)); }
+
+// guarded runs FN, replying ENOMEM if it throws bad_alloc (STYLE.md §2).
+template <typename Fn>
+void guarded(fuse_req_t req, Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::bad_alloc&) {
+    fuse_reply_err(req, ENOMEM);
+  }
+}
+
+void opInit(void* userdata, fuse_conn_info* conn) { static_cast<View*>(userdata)->init(conn); }
+void opLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  guarded(req, [&] { self(req)->lookup(req, parent, name); });
+}
+void opForget(fuse_req_t req, fuse_ino_t ino, uint64_t n) {
+  self(req)->forget(ino, n);
+  fuse_reply_none(req);
+}
+void opForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* f) {
+  for (size_t i = 0; i < count; ++i) {
+    self(req)->forget(f[i].ino, f[i].nlookup);
+  }
+  fuse_reply_none(req);
+}
+void opGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) { self(req)->getattr(req, ino); }
+void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
+               fuse_file_info* fi) {
+  guarded(req, [&] { self(req)->setattr(req, ino, attr, to_set, fi); });
+}
+void opReadlink(fuse_req_t req, fuse_ino_t ino) { self(req)->readlink(req, ino); }
+void opMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  guarded(req, [&] { self(req)->makeNode(req, parent, name, mode, rdev, nullptr, "mknod"); });
+}
+void opMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  guarded(req,
+          [&] { self(req)->makeNode(req, parent, name, mode | S_IFDIR, 0, nullptr, "mkdir"); });
+}
+void opSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  guarded(req, [&] { self(req)->makeNode(req, parent, name, S_IFLNK, 0, link, "symlink"); });
+}
+void opUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  guarded(req, [&] { self(req)->unlink(req, parent, name, false); });
+}
+void opRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  guarded(req, [&] { self(req)->unlink(req, parent, name, true); });
+}
+void opRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+              const char* newname, unsigned flags) {
+  guarded(req, [&] { self(req)->rename(req, parent, name, newparent, newname, flags); });
+}
+void opLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  guarded(req, [&] { self(req)->link(req, ino, newparent, newname); });
+}
+void opOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  guarded(req, [&] { self(req)->open(req, ino, fi); });
+}
+void opCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+              fuse_file_info* fi) {
+  guarded(req, [&] { self(req)->create(req, parent, name, mode, fi); });
+}
+void opRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+  buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  buf.buf[0].fd = static_cast<int>(fi->fh);
+  buf.buf[0].pos = off;
+  fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+void opWriteBuf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off, fuse_file_info* fi) {
+  fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+  out.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  out.buf[0].fd = static_cast<int>(fi->fh);
+  out.buf[0].pos = off;
+  ssize_t n = fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
+  n < 0 ? fuse_reply_err(req, static_cast<int>(-n)) : fuse_reply_write(req, static_cast<size_t>(n));
+}
+void opFlush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  int fd = dup(static_cast<int>(fi->fh));
+  fuse_reply_err(req, fd < 0 ? errno : (close(fd) == 0 ? 0 : errno));
+}
+void opRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  close(static_cast<int>(fi->fh));
+  fuse_reply_err(req, 0);
+}
+void opFsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
+  int fd = static_cast<int>(fi->fh);
+  fuse_reply_err(req, (datasync ? fdatasync(fd) : fsync(fd)) == 0 ? 0 : errno);
+}
+void opOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  guarded(req, [&] { self(req)->opendir(req, ino, fi); });
+}
+void opReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  guarded(req, [&] { self(req)->readdir(req, ino, size, off, fi); });
+}
+void opReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  auto* d = reinterpret_cast<DirHandle*>(fi->fh);
+  closedir(d->dir);
+  delete d;
+  fuse_reply_err(req, 0);
+}
+void opFsyncdir(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
+  int fd = dirfd(reinterpret_cast<DirHandle*>(fi->fh)->dir);
+  fuse_reply_err(req, (datasync ? fdatasync(fd) : fsync(fd)) == 0 ? 0 : errno);
+}
+void opStatfs(fuse_req_t req, fuse_ino_t ino) { self(req)->statfs(req, ino); }
+void opSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                int flags) {
+  guarded(req, [&] { self(req)->setxattr(req, ino, name, value, size, flags); });
+}
+void opGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  guarded(req, [&] { self(req)->getxattr(req, ino, name, size); });
+}
+void opListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  guarded(req, [&] { self(req)->listxattr(req, ino, size); });
+}
+void opRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  guarded(req, [&] { self(req)->removexattr(req, ino, name); });
+}
+void opFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len,
+                 fuse_file_info* fi) {
+  int rc = ::fallocate(static_cast<int>(fi->fh), mode, off, len);
+  fuse_reply_err(req, rc == 0 ? 0 : errno);
+}
+void opLseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* fi) {
+  off_t r = ::lseek(static_cast<int>(fi->fh), off, whence);
+  r < 0 ? fuse_reply_err(req, errno) : fuse_reply_lseek(req, r);
+}
+
+fuse_lowlevel_ops makeOps() {
+  fuse_lowlevel_ops ops{};
+  ops.init = opInit;
+  ops.lookup = opLookup;
+  ops.forget = opForget;
+  ops.forget_multi = opForgetMulti;
+  ops.getattr = opGetattr;
+  ops.setattr = opSetattr;
+  ops.readlink = opReadlink;
+  ops.mknod = opMknod;
+  ops.mkdir = opMkdir;
+  ops.symlink = opSymlink;
+  ops.unlink = opUnlink;
+  ops.rmdir = opRmdir;
+  ops.rename = opRename;
+  ops.link = opLink;
+  ops.open = opOpen;
+  ops.create = opCreate;
+  ops.read = opRead;
+  ops.write_buf = opWriteBuf;
+  ops.flush = opFlush;
+  ops.release = opRelease;
+  ops.fsync = opFsync;
+  ops.opendir = opOpendir;
+  ops.readdir = opReaddir;
+  ops.releasedir = opReleasedir;
+  ops.fsyncdir = opFsyncdir;
+  ops.statfs = opStatfs;
+  ops.setxattr = opSetxattr;
+  ops.getxattr = opGetxattr;
+  ops.listxattr = opListxattr;
+  ops.removexattr = opRemovexattr;
+  ops.fallocate = opFallocate;
+  ops.lseek = opLseek;
+  return ops;
+}
+
+}  // namespace
+
+Error View::start() {
+  root_.fd = ::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (root_.fd < 0) {
+    int e = errno;
+    return Error(ErrorCode::kIo, std::string("cannot open /: ") + strerror(e), e);
+  }
+  struct stat st {};
+  fstat(root_.fd, &st);
+  root_.dev = st.st_dev;
+  root_.ino = st.st_ino;
+  root_.is_dir = true;
+  root_.nlookup = 1;
+  root_.write_verdict = policy_.file("/", FileOp::kWrite);
+  root_.traverse_only =
+      root_.write_verdict.access == Access::kHidden && policy_.revealsBelow("/");
+
+  char tmpl[] = "/tmp/guard-empty-XXXXXX";
+  if (mkdtemp(tmpl) == nullptr) {
+    int e = errno;
+    return Error(ErrorCode::kIo, std::string("cannot create an empty directory: ") + strerror(e),
+                 e);
+  }
+  empty_dir_ = tmpl;
+  chmod(tmpl, 0555);
+  empty_dir_fd_ = ::open(tmpl, O_PATH | O_DIRECTORY | O_CLOEXEC);
+
+  scanHidden();
+
+  static const fuse_lowlevel_ops ops = makeOps();
+  // default_permissions: the kernel checks mode bits against the caller,
+  // so the view never grants more than the host would.
+  const char* argv[] = {"guard", "-o", "default_permissions,fsname=guard,subtype=guard", nullptr};
+  fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
+  se_ = fuse_session_new(&args, &ops, sizeof(ops), this);
+  if (se_ == nullptr) {
+    return Error(ErrorCode::kIo, "cannot create the FUSE session");
+  }
+  if (fuse_session_mount(se_, opts_.mountpoint.c_str()) != 0) {
+    fuse_session_destroy(se_);
+    se_ = nullptr;
+    return Error(ErrorCode::kIo,
+                 "cannot mount the filesystem view on " + opts_.mountpoint +
+                     " (needs /dev/fuse, and fusermount3 when not root)");
+  }
+  host_mounted_ = true;
+  loop_ = std::thread([this] {
+    fuse_loop_config* cfg = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_max_threads(cfg, opts_.threads);
+    fuse_loop_cfg_set_idle_threads(cfg, 2);
+    fuse_loop_cfg_set_clone_fd(cfg, 0);
+    // 0 means the kernel ended the connection (every mount of the view is
+    // gone, as when the session ends); anything else is a failure.
+    int rc = fuse_session_loop_mt(se_, cfg);
+    fuse_loop_cfg_destroy(cfg);
+    loop_error_.store(rc != 0);
+    loop_ended_.store(true);
+    if (rc != 0) {
+      logger()->critical("the filesystem view stopped serving: {}", strerror(rc < 0 ? -rc : rc));
+    }
+  });
+  return Error();
+}
+
+Error View::detachHostMount() {
+  if (!host_mounted_) {
+    return Error();
+  }
+  host_mounted_ = false;
+  if (geteuid() == 0) {
+    if (umount2(opts_.mountpoint.c_str(), MNT_DETACH) != 0) {
+      int e = errno;
+      return Error(ErrorCode::kIo, "cannot detach " + opts_.mountpoint + ": " + strerror(e), e);
+    }
+    return Error();
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    int devnull = ::open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    execlp("fusermount3", "fusermount3", "-u", "-z", "-q", opts_.mountpoint.c_str(),
+           static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return Error(ErrorCode::kIo, "fusermount3 -u -z " + opts_.mountpoint + " failed");
+  }
+  return Error();
+}
+
+void View::stop() {
+  if (se_ == nullptr) {
+    return;
+  }
+  stopping_.store(true);
+  fuse_session_exit(se_);
+  if (host_mounted_) {
+    fuse_session_unmount(se_);
+    host_mounted_ = false;
+  }
+  // With the jail gone and the host mount detached, the kernel ends the
+  // connection and the loop's blocking reads return ENODEV.
+  if (loop_.joinable()) {
+    loop_.join();
+  }
+  fuse_session_destroy(se_);
+  se_ = nullptr;
+  if (!empty_dir_.empty()) {
+    rmdir(empty_dir_.c_str());
+  }
+}
+
+ViewHandle::ViewHandle(std::unique_ptr<View> view) : view_(std::move(view)) {}
+ViewHandle::~ViewHandle() = default;
+Error ViewHandle::detachHostMount() { return view_->detachHostMount(); }
+bool ViewHandle::failed() const { return view_->failed(); }
+
+Result<std::unique_ptr<ViewHandle>> mountView(const policy::Policy& policy,
+                                              policy::AuditSink* sink,
+                                              const ViewOptions& options) {
+  auto view = std::make_unique<View>(policy, sink, options);
+  if (Error e = view->start(); !e.ok()) {
+    return e;
+  }
+  return std::make_unique<ViewHandle>(std::move(view));
+}
+
+}  // namespace guard::fusefs

@@ -1,0 +1,73 @@
+// The filesystem view: a libfuse3 filesystem that shows the host tree through
+// the policy. The jail makes it the agent's root.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "policy/audit.h"
+#include "policy/error.h"
+#include "policy/policy.h"
+
+namespace guard::fusefs {
+
+// AllowedAudit says which allowed operations become audit events. Denials
+// are always audited.
+enum class AllowedAudit {
+  kNone,    // only denials
+  kWrites,  // plus the first modifying operation on each path
+  kFirst,   // plus the first access of any kind to each path
+};
+
+struct ViewOptions {
+  // mountpoint is an empty directory on the host that the view is mounted
+  // on; the jail copies the mount into its namespace and pivots into it.
+  std::string mountpoint;
+  // synthetic are absolute top-level directories the view always shows as
+  // empty, whatever the policy says (the jail mounts /proc, /dev and /tmp on
+  // them). Their host contents are never served.
+  std::vector<std::string> synthetic = {"/proc", "/dev", "/sys"};
+  // mountpoints are top-level directories that must exist for the jail to
+  // mount on: served from the host when the policy shows them, shown empty
+  // (like synthetic ones) when it hides them.
+  std::vector<std::string> mountpoints = {"/tmp"};
+  AllowedAudit allowed_audit = AllowedAudit::kWrites;
+  // audit_base is copied into every event (session, user, groups, host).
+  policy::AuditEvent audit_base;
+  // threads is the maximum number of FUSE worker threads.
+  unsigned threads = 8;
+};
+
+class View;
+
+// ViewHandle owns a mounted, running view. Destroying it stops serving and
+// unmounts; the agent then sees ENOTCONN, never the host.
+class ViewHandle {
+ public:
+  ~ViewHandle();
+  ViewHandle(const ViewHandle&) = delete;
+  ViewHandle& operator=(const ViewHandle&) = delete;
+
+  // detachHostMount lazily unmounts the view from the host mountpoint once
+  // the jail holds its own copy, so no host process can walk into it.
+  Error detachHostMount();
+
+  // failed reports whether the serving loop ended on its own (an error).
+  bool failed() const;
+
+  // ViewHandle is created by mountView only.
+  explicit ViewHandle(std::unique_ptr<View> view);
+
+ private:
+  std::unique_ptr<View> view_;
+};
+
+// mountView mounts the view at options.mountpoint and starts serving it on
+// background threads. POLICY and SINK must outlive the handle. Returns kIo
+// with a clear message when /dev/fuse or the mount is unavailable.
+Result<std::unique_ptr<ViewHandle>> mountView(const policy::Policy& policy,
+                                              policy::AuditSink* sink,
+                                              const ViewOptions& options);
+
+}  // namespace guard::fusefs

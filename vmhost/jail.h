@@ -1,0 +1,59 @@
+// The namespace jail of host mode: runs the agent in new user, mount, PID,
+// network, IPC and UTS namespaces, rooted in the filesystem view.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "policy/error.h"
+
+namespace guard::vmhost {
+
+struct JailSpec {
+  std::vector<std::string> argv;  // argv[0] is looked up in the PATH of `env`
+  std::vector<std::string> env;   // the agent's whole environment
+  std::string cwd;                // absolute, inside the view
+  std::string root;               // host path where the filesystem view is mounted
+  // writable lists absolute paths (inside the view) that Landlock lets the
+  // agent write beneath; everything else is read-only to the kernel too.
+  std::vector<std::string> writable;
+  std::string hostname = "guard";
+};
+
+// Setup steps, one code each, so a failure names the step.
+enum class JailStep {
+  kFork,
+  kUnshare,
+  kIdMap,
+  kMountPrivate,
+  kMountProc,
+  kMountDev,
+  kMountTmp,
+  kPivotRoot,
+  kLoopback,
+  kChdir,
+  kLandlock,
+  kCapabilities,
+  kSeccomp,
+  kExec,
+};
+
+const char* jailStepName(JailStep step);
+
+// runJail starts SPEC's command in the jail and waits for it. ON_ROOTED runs
+// in the calling process once the jail has pivoted into the view (the
+// caller then detaches the view's host mount). Returns the command's exit
+// status (128+N when killed by signal N), or an Error naming the failed step
+// with the reason.
+//
+// The calling process may be multi-threaded (the view serves from threads):
+// the jail is started with fork(2), and the child never takes a lock another
+// thread could hold.
+Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted);
+
+// userNamespacesAvailable probes, by trying, whether this process may create
+// a user namespace; on false REASON says what is missing.
+bool userNamespacesAvailable(std::string* reason);
+
+}  // namespace guard::vmhost
