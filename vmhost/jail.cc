@@ -39,6 +39,8 @@
 #define LANDLOCK_ACCESS_FS_TRUNCATE (1ULL << 14)
 #endif
 
+extern char** environ;
+
 namespace guard::vmhost {
 namespace {
 
@@ -545,6 +547,12 @@ Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted
     return Error(ErrorCode::kIo, std::string("fork: ") + strerror(e), e);
   }
   if (outer == 0) {
+    // /proc/PID/environ shows the environment block the process started
+    // with; the jail's processes must not carry guard's (it may hold
+    // secrets the agent may not see), so wipe it in place.
+    for (char** e = environ; *e != nullptr; ++e) {
+      memset(*e, 0, strlen(*e));
+    }
     close(pipefd[0]);
     // Only stdin, stdout, stderr and the error pipe cross into the jail.
     int err_fd = 3;
@@ -584,9 +592,15 @@ Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted
     int e = 0;
     char what[400] = {};
     sscanf(msg.c_str() + 1, "%d:%d:%399[^\n]", &step, &e, what);
+    std::string hint;
+    if (static_cast<JailStep>(step) == JailStep::kUnshare) {
+      std::string reason;
+      userNamespacesAvailable(&reason);
+      hint = "\n  hint: " + reason;
+    }
     return Error(ErrorCode::kIo,
                  std::string("cannot ") + jailStepName(static_cast<JailStep>(step)) + " (" +
-                     what + "): " + strerror(e),
+                     what + "): " + strerror(e) + hint,
                  e);
   }
   return exitCodeOf(status);
