@@ -95,6 +95,16 @@ void mountDev(int err_fd, const std::string& root) {
   if (mount("tmpfs", (dev + "/shm").c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") != 0) {
     die(err_fd, JailStep::kMountDev, errno, "tmpfs on /dev/shm");
   }
+  // The caller's terminal (a host pty) is bound to /dev/console, so that
+  // ttyname() finds it by device number and tools see a terminal; no other
+  // host terminal is reachable.
+  for (int fd = 0; fd <= 2; ++fd) {
+    char name[256];
+    if (isatty(fd) && ttyname_r(fd, name, sizeof(name)) == 0) {
+      bindFile(err_fd, name, dev + "/console");
+      break;
+    }
+  }
   symlink("pts/ptmx", (dev + "/ptmx").c_str());
   symlink("/proc/self/fd", (dev + "/fd").c_str());
   symlink("/proc/self/fd/0", (dev + "/stdin").c_str());
@@ -565,6 +575,9 @@ Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted
     runOuter(spec, err_fd, uid, gid);
   }
   close(pipefd[1]);
+  // SIGTERM, SIGHUP, SIGUSR1/2 sent to guard go to the agent, which decides;
+  // guard ends when it does, with its audit trail flushed.
+  forwardTermination(outer);
   std::string msg;
   char buf[512];
   bool rooted = false;
@@ -586,6 +599,10 @@ Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted
   close(pipefd[0]);
   int status = 0;
   while (waitpid(outer, &status, 0) < 0 && errno == EINTR) {
+  }
+  g_child = 0;
+  for (int sig : {SIGTERM, SIGHUP, SIGUSR1, SIGUSR2}) {
+    signal(sig, SIG_DFL);
   }
   if (!msg.empty() && msg[0] == 'E') {
     int step = 0;
