@@ -31,6 +31,12 @@ class Compiler {
       }
     }
     builtins();
+    size_t n = c_->layers.size();
+    c_->net.reserve(n);
+    c_->fs.reserve(n);
+    c_->env.reserve(n);
+    c_->cred.reserve(n);
+    c_->mcp.reserve(n);
     for (const auto& l : c_->layers) {
       Error e = layer(*l);
       if (!e.ok()) {
@@ -118,13 +124,8 @@ class Compiler {
       for (const NetTarget& t : nr.targets) {
         switch (t.kind) {
           case NetTargetKind::kAny:
-          {
-            IpAddr any4;
-            any4.v4 = true;
             net.domains.addAny(r);
-            net.cidrs.add(any4, 0, r);
-            net.cidrs.add(IpAddr{}, 0, r);
-          }
+            net.any.push_back(r);
             break;
           case NetTargetKind::kDomain:
             net.domains.addExact(t.text, r);

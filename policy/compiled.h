@@ -34,6 +34,7 @@ struct RuleInfo {
 struct NetLayer {
   DomainIndex domains;
   CidrIndex cidrs;
+  RuleList any;  // "*" rules: every name and every address, least specific
   uint32_t default_rule = kNone;  // this layer's default, if it sets one
 };
 

@@ -137,19 +137,26 @@ uint32_t domainHit(const Compiled& c, const NetLayer& l, std::string_view name, 
   return found;
 }
 
-uint32_t addressHit(const Compiled& c, const NetLayer& l, const IpAddr& addr, int port) {
+// addressHit finds layer L's most specific rule for ADDR: the longest
+// prefix, then "*" rules. WITH_ANY false leaves "*" out.
+uint32_t addressHit(const Compiled& c, const NetLayer& l, const IpAddr& addr, int port,
+                    bool with_any = true) {
   uint32_t found = kNone;
   l.cidrs.forEachLevel(addr, [&](const RuleList& list) {
     found = pickStrictest(c, list, port);
     return found != kNone;
   });
+  if (found == kNone && with_any && !l.any.empty()) {
+    found = pickStrictest(c, l.any, port);
+  }
   return found;
 }
 
-bool anyLayerHit(const Compiled& c, const std::vector<NetLayer>& layers, const IpAddr& addr,
-                 int port) {
+// anyLayerNames reports whether some address rule (not "*") names ADDR.
+bool anyLayerNames(const Compiled& c, const std::vector<NetLayer>& layers, const IpAddr& addr,
+                   int port) {
   for (const NetLayer& l : layers) {
-    if (addressHit(c, l, addr, port) != kNone) {
+    if (addressHit(c, l, addr, port, false) != kNone) {
       return true;
     }
   }
@@ -251,7 +258,7 @@ Verdict Policy::connect(std::string_view name, const IpAddr* addr, uint16_t port
   // The address counts when some rule names it: "connect by IP" has no
   // name, and an allowed name whose address lies in a denied network is
   // denied (the stricter wins). An address no rule names adds nothing.
-  if (addr != nullptr && (n == 0 || anyLayerHit(c, c.net, *addr, port))) {
+  if (addr != nullptr && (n == 0 || anyLayerNames(c, c.net, *addr, port))) {
     uint32_t by_addr = layered(
         c, c.net.size(), [&](size_t i) { return addressHit(c, c.net[i], *addr, port); },
         by_default, c.builtin_net, [](const RuleInfo& r) { return strictDecision(r); });

@@ -26,6 +26,14 @@ using RuleList = std::vector<uint32_t>;
 // shortest, then "*". Keys are views into strings the index owns.
 class DomainIndex {
  public:
+  // Keys are views into strings this index owns: a copy would point into
+  // the original, so indices only move.
+  DomainIndex() = default;
+  DomainIndex(const DomainIndex&) = delete;
+  DomainIndex& operator=(const DomainIndex&) = delete;
+  DomainIndex(DomainIndex&&) = default;
+  DomainIndex& operator=(DomainIndex&&) = default;
+
   void addExact(std::string_view name, uint32_t rule);
   void addWildcard(std::string_view suffix, uint32_t rule);
   void addAny(uint32_t rule);
@@ -103,6 +111,10 @@ class CidrIndex {
 class PathTrie {
  public:
   PathTrie();
+  PathTrie(const PathTrie&) = delete;
+  PathTrie& operator=(const PathTrie&) = delete;
+  PathTrie(PathTrie&&) = default;
+  PathTrie& operator=(PathTrie&&) = default;
 
   // add inserts PATTERN (normalised, absolute) for RULE.
   void add(std::string_view pattern, uint32_t rule);
@@ -146,6 +158,14 @@ class PathTrie {
 // names and globs: exact first, then globs with the most literal bytes.
 class NameIndex {
  public:
+  // Keys are views into strings this index owns: a copy would point into
+  // the original, so indices only move.
+  NameIndex() = default;
+  NameIndex(const NameIndex&) = delete;
+  NameIndex& operator=(const NameIndex&) = delete;
+  NameIndex(NameIndex&&) = default;
+  NameIndex& operator=(NameIndex&&) = default;
+
   void add(std::string_view pattern, uint32_t rule);
   bool empty() const { return exact_.empty() && globs_.empty(); }
 
@@ -174,26 +194,27 @@ bool PathTrie::walk(std::string_view path, Fn&& fn) const {
   Active cur[kMaxActive];
   Active next[kMaxActive];
   size_t num_cur = 0;
-  auto push = [](Active* set, size_t* n, uint32_t node, const Active* prev, size_t num_prev) {
+  // A node reached by consuming a segment (literal or glob step) is fresh:
+  // its rules match at this depth. A `**` node that only stays active by
+  // consuming another segment is not: its rules matched where it began.
+  // The closure into a `**` child inherits freshness from its source.
+  auto push = [](Active* set, size_t* n, uint32_t node, bool fresh) {
     for (size_t i = 0; i < *n; ++i) {
       if (set[i].node == node) {
+        set[i].fresh = set[i].fresh || fresh;
         return true;
       }
     }
     if (*n == kMaxActive) {
       return false;
     }
-    bool fresh = true;
-    for (size_t i = 0; i < num_prev; ++i) {
-      fresh = fresh && prev[i].node != node;
-    }
     set[(*n)++] = {node, fresh};
     return true;
   };
-  auto closure = [&](Active* set, size_t* n, const Active* prev, size_t num_prev) {
+  auto closure = [&](Active* set, size_t* n) {
     for (size_t i = 0; i < *n; ++i) {
       uint32_t ds = nodes_[set[i].node].double_star;
-      if (ds != kNone && !push(set, n, ds, prev, num_prev)) {
+      if (ds != kNone && !push(set, n, ds, set[i].fresh)) {
         return false;
       }
     }
@@ -210,7 +231,7 @@ bool PathTrie::walk(std::string_view path, Fn&& fn) const {
     }
   };
   cur[num_cur++] = {0, true};
-  if (!closure(cur, &num_cur, nullptr, 0)) {
+  if (!closure(cur, &num_cur)) {
     return false;
   }
   emit(cur, num_cur, 0);
@@ -227,22 +248,22 @@ bool PathTrie::walk(std::string_view path, Fn&& fn) const {
     size_t num_next = 0;
     for (size_t a = 0; a < num_cur; ++a) {
       const Node& n = nodes_[cur[a].node];
-      if (n.is_double_star && !push(next, &num_next, cur[a].node, cur, num_cur)) {
+      if (n.is_double_star && !push(next, &num_next, cur[a].node, false)) {
         return false;
       }
       if (!n.literal.empty()) {
         if (auto it = n.literal.find(seg);
-            it != n.literal.end() && !push(next, &num_next, it->second, cur, num_cur)) {
+            it != n.literal.end() && !push(next, &num_next, it->second, true)) {
           return false;
         }
       }
       for (const auto& [glob, child] : n.globs) {
-        if (globMatch(glob, seg) && !push(next, &num_next, child, cur, num_cur)) {
+        if (globMatch(glob, seg) && !push(next, &num_next, child, true)) {
           return false;
         }
       }
     }
-    if (!closure(next, &num_next, cur, num_cur)) {
+    if (!closure(next, &num_next)) {
       return false;
     }
     emit(next, num_next, depth);

@@ -49,13 +49,10 @@ size_t normaliseDomain(std::string_view name, char* out) {
   }
   bool ascii = true;
   for (unsigned char c : name) {
-    if (c >= 0x80) {
-      ascii = false;
-      break;
-    }
     if (c == 0) {
-      return 0;
+      return 0;  // libidn2 would stop at it and judge a shorter name
     }
+    ascii = ascii && c < 0x80;
   }
   if (ascii) {
     if (name.size() > kMaxDomainLen) {

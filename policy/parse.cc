@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
@@ -57,7 +59,10 @@ bool checkShape(std::string_view text, Loc* where) {
   char quote = 0;
   int block = 0;
   bool line_start = true;
+  char last = '\n';
   for (char c : text) {
+    char prev = last;
+    last = c;
     ++col;
     if (c == '\n') {
       ++line;
@@ -96,13 +101,17 @@ bool checkShape(std::string_view text, Loc* where) {
       }
       line_start = false;
     }
+    bool token_start = prev == ' ' || prev == '\t' || prev == '[' || prev == '{' ||
+                       prev == ',' || prev == ':' || prev == '-' || prev == '\n';
     switch (c) {
       case '#':
-        in_comment = true;
+        in_comment = prev == ' ' || prev == '\t' || prev == '\n';
         break;
       case '"':
       case '\'':
-        quote = c;
+        if (token_start) {
+          quote = c;
+        }
         break;
       case '[':
       case '{':
@@ -124,6 +133,35 @@ bool checkShape(std::string_view text, Loc* where) {
   return true;
 }
 
+// tooDeep walks ROOT without recursion; true when it nests deeper than
+// kMaxNesting or has more than kMaxNodes values (aliases count every time).
+bool tooDeep(const YAML::Node& root, Loc* where, bool* too_many) {
+  std::vector<std::pair<YAML::Node, int>> stack;
+  stack.emplace_back(root, 0);
+  size_t seen = 0;
+  while (!stack.empty()) {
+    auto [n, depth] = stack.back();
+    stack.pop_back();
+    bool collection = n.IsSequence() || n.IsMap();
+    if ((collection && depth > kMaxNesting) || ++seen > kMaxNodes) {
+      *where = locOf(n);
+      *too_many = seen > kMaxNodes;
+      return true;
+    }
+    if (n.IsSequence()) {
+      for (const YAML::Node& c : n) {
+        stack.emplace_back(c, depth + 1);
+      }
+    } else if (n.IsMap()) {
+      for (const auto& kv : n) {
+        stack.emplace_back(kv.first, depth + 1);
+        stack.emplace_back(kv.second, depth + 1);
+      }
+    }
+  }
+  return false;
+}
+
 class Parser {
  public:
   Parser(std::string_view file, std::string_view layer) : file_(file), layer_(layer) {}
@@ -143,6 +181,10 @@ class Parser {
     YAML::Node root;
     try {
       root = YAML::Load(std::string(text));
+    } catch (const YAML::DeepRecursion& e) {
+      Loc l{static_cast<uint32_t>(e.mark.line + 1), static_cast<uint32_t>(e.mark.column + 1)};
+      return Error(ErrorCode::kPolicyLimit, at(l) + "error: nesting deeper than " +
+                                                std::to_string(kMaxNesting) + " levels");
     } catch (const YAML::Exception& e) {
       Loc l{static_cast<uint32_t>(e.mark.line + 1), static_cast<uint32_t>(e.mark.column + 1)};
       std::string hint;
@@ -151,6 +193,20 @@ class Parser {
                "*name as an alias)";
       }
       return Error(ErrorCode::kPolicySyntax, at(l) + "error: " + e.msg + hint);
+    }
+    // The text check above is a fast pre-filter; this walk of the loaded
+    // tree (iterative, bounded by kMaxNodes) is the exact limit.
+    Loc l;
+    bool too_many = false;
+    if (tooDeep(root, &l, &too_many)) {
+      if (too_many) {
+        return Error(ErrorCode::kPolicyLimit,
+                     at(l) + "error: policy has more than " + std::to_string(kMaxNodes) +
+                         " values\n  hint: aliases that repeat large lists multiply; write the "
+                         "list once");
+      }
+      return Error(ErrorCode::kPolicyLimit,
+                   at(l) + "error: nesting deeper than " + std::to_string(kMaxNesting) + " levels");
     }
     auto layer = std::make_shared<Layer>();
     layer->name = layer_;
@@ -354,6 +410,10 @@ class Parser {
   void defaultId(RuleMeta* m, const char* surface, size_t index) {
     if (m->id.empty()) {
       m->id = layer_ + "." + surface + "." + std::to_string(index + 1);
+      if (!ids_.insert(m->id).second) {
+        fail(m->loc, "duplicate rule id '" + m->id + "'",
+             "an explicit id elsewhere repeats this rule's generated id; choose another");
+      }
     }
   }
 
@@ -399,11 +459,15 @@ class Parser {
     size_t slash = raw.find('/');
     std::string addr_text = raw.substr(0, slash);
     IpAddr addr;
-    bool is_ip = addr_text.find(':') != std::string::npos
-                     ? IpAddr::parse(addr_text, &addr)
-                     : (inet_pton_strict(addr_text) && IpAddr::parse(addr_text, &addr));
+    bool colon = addr_text.find(':') != std::string::npos;
+    bool is_ip = colon ? IpAddr::parse(addr_text, &addr) : parseDottedQuad(addr_text, &addr);
+    if (!is_ip && !colon && lastLabelNumeric(addr_text)) {
+      fail(n, "'" + raw + "' is not a valid IPv4 address or domain name",
+           "write IPv4 addresses as four decimal numbers, e.g. 10.0.0.0/8");
+      return false;
+    }
     if (is_ip) {
-      int max = addr.v4 ? 32 : 128;
+      int max = colon ? 128 : 32;
       int prefix = max;
       if (slash != std::string::npos) {
         std::string p = raw.substr(slash + 1);
@@ -414,15 +478,15 @@ class Parser {
                "the prefix length is 0-" + std::to_string(max) + " for this address family");
           return false;
         }
-        // An IPv4-mapped IPv6 CIDR (::ffff:10.0.0.0/104) becomes IPv4.
-        if (addr.v4 && addr_text.find(':') != std::string::npos) {
-          if (prefix < 96) {
-            fail(n, "IPv4-mapped CIDR '" + raw + "' is wider than the mapped range",
-                 "write the IPv4 network instead");
-            return false;
-          }
-          prefix -= 96;
+      }
+      // An IPv4-mapped IPv6 address or CIDR (::ffff:10.0.0.0/104) is IPv4.
+      if (addr.v4 && colon) {
+        if (prefix < 96) {
+          fail(n, "IPv4-mapped CIDR '" + raw + "' is wider than the mapped range",
+               "write the IPv4 network instead");
+          return false;
         }
+        prefix -= 96;
       }
       IpAddr masked = addr;
       int bytes = addr.v4 ? 4 : 16;
@@ -468,6 +532,39 @@ class Parser {
       fail(n, "'" + raw + "' is not a valid domain name",
            "labels are 1-63 letters, digits, '-' or '_', 253 bytes in all");
       return false;
+    }
+    return true;
+  }
+
+  // parseDottedQuad accepts only the four-decimal-numbers form (inet_pton):
+  // in a policy "010.0.0.0" is an error, not octal for 8.0.0.0.
+  static bool parseDottedQuad(const std::string& s, IpAddr* out) {
+    struct in_addr in {};
+    if (inet_pton(AF_INET, s.c_str(), &in) != 1) {
+      return false;
+    }
+    *out = IpAddr{};
+    memcpy(out->bytes, &in.s_addr, 4);
+    out->v4 = true;
+    return true;
+  }
+
+  // lastLabelNumeric: a name whose last label is all digits ("10", "1.2",
+  // "256.1.1.1") is a mistyped address; no top-level domain is numeric.
+  static bool lastLabelNumeric(const std::string& s) {
+    std::string_view v = s;
+    if (!v.empty() && v.back() == '.') {
+      v.remove_suffix(1);
+    }
+    size_t dot = v.rfind('.');
+    std::string_view last = dot == std::string_view::npos ? v : v.substr(dot + 1);
+    if (last.empty()) {
+      return false;
+    }
+    for (char c : last) {
+      if (c < '0' || c > '9') {
+        return false;
+      }
     }
     return true;
   }
@@ -518,6 +615,7 @@ class Parser {
   }
 
   void network(const YAML::Node& n, Layer* layer) {
+    YAML::Node locked_key;
     forEachKey(n, "network", {"default", "default_locked", "inspect", "rules"},
                [&](const std::string& k, const YAML::Node& key, const YAML::Node& v) {
                  if (k == "default") {
@@ -528,8 +626,7 @@ class Parser {
                    }
                  } else if (k == "default_locked") {
                    boolean(v, k, &layer->network.default_locked);
-                   checkLockedDefault(key, layer->network.default_value.value_or(false) &&
-                                               layer->network.default_locked);
+                   locked_key = key;
                  } else if (k == "inspect") {
                    bool b = false;
                    if (boolean(v, "network.inspect", &b)) {
@@ -539,10 +636,12 @@ class Parser {
                    list(v, "network.rules", [&](const YAML::Node& r) { netRule(r, layer); });
                  }
                });
+    checkLockedDefault(locked_key, layer->network.default_locked &&
+                                       layer->network.default_value.value_or(false));
   }
 
   void checkLockedDefault(const YAML::Node& key, bool loosest) {
-    if (loosest) {
+    if (loosest && key.IsDefined()) {
       fail(key, "default_locked on the loosest default has no effect",
            "later layers may always narrow; lock a deny default instead");
     }
@@ -672,6 +771,7 @@ class Parser {
   }
 
   void filesystem(const YAML::Node& n, Layer* layer) {
+    YAML::Node locked_key;
     forEachKey(n, "filesystem", {"default", "default_locked", "rules"},
                [&](const std::string& k, const YAML::Node& key, const YAML::Node& v) {
                  if (k == "default") {
@@ -683,13 +783,13 @@ class Parser {
                    }
                  } else if (k == "default_locked") {
                    boolean(v, k, &layer->filesystem.default_locked);
-                   checkLockedDefault(key, layer->filesystem.default_locked &&
-                                               layer->filesystem.default_value ==
-                                                   Access::kReadWrite);
+                   locked_key = key;
                  } else if (k == "rules") {
                    list(v, "filesystem.rules", [&](const YAML::Node& r) { fsRule(r, layer); });
                  }
                });
+    checkLockedDefault(locked_key, layer->filesystem.default_locked &&
+                                       layer->filesystem.default_value == Access::kReadWrite);
   }
 
   void fsRule(const YAML::Node& n, Layer* layer) {
@@ -741,6 +841,7 @@ class Parser {
   }
 
   void env(const YAML::Node& n, Layer* layer) {
+    YAML::Node locked_key;
     forEachKey(
         n, "env", {"default", "default_locked", "set", "rules"},
         [&](const std::string& k, const YAML::Node& key, const YAML::Node& v) {
@@ -752,7 +853,7 @@ class Parser {
             }
           } else if (k == "default_locked") {
             boolean(v, k, &layer->env.default_locked);
-            checkLockedDefault(key, layer->env.default_locked && layer->env.default_value.value_or(false));
+            locked_key = key;
           } else if (k == "set") {
             forEachKeyAny(v, "env.set", [&](const std::string& name, const YAML::Node& kn,
                                             const YAML::Node& val) {
@@ -801,6 +902,8 @@ class Parser {
             });
           }
         });
+    checkLockedDefault(locked_key,
+                       layer->env.default_locked && layer->env.default_value.value_or(false));
   }
 
   // forEachKeyAny walks a mapping whose keys are free-form names.
@@ -935,6 +1038,7 @@ class Parser {
   // ---- mcp --------------------------------------------------------------
 
   void mcp(const YAML::Node& n, Layer* layer) {
+    YAML::Node locked_key;
     forEachKey(
         n, "mcp", {"default", "default_locked", "servers"},
         [&](const std::string& k, const YAML::Node& key, const YAML::Node& v) {
@@ -946,12 +1050,14 @@ class Parser {
             }
           } else if (k == "default_locked") {
             boolean(v, k, &layer->mcp.default_locked);
-            checkLockedDefault(key, layer->mcp.default_locked && layer->mcp.default_value.value_or(false));
+            locked_key = key;
           } else if (k == "servers") {
             std::set<std::string> names;
             list(v, "mcp.servers", [&](const YAML::Node& item) { mcpServer(item, layer, &names); });
           }
         });
+    checkLockedDefault(locked_key,
+                       layer->mcp.default_locked && layer->mcp.default_value.value_or(false));
   }
 
   void mcpServer(const YAML::Node& item, Layer* layer, std::set<std::string>* names) {

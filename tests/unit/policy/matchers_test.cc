@@ -869,6 +869,39 @@ filesystem:
   checkFiles(p, cases);
 }
 
+TEST_CASE("filesystem: a ** pattern matching consecutive segments counts at the deeper one",
+          "[unit]") {
+  // "**/.env" matches /work/proj/.env/.env itself (depth 4), deeper than the
+  // read-write rule for /work/proj/.env (depth 3), exactly as it does for
+  // /work/proj/.env/x/.env (depth 5).
+  Policy p = compileYaml(R"(
+filesystem:
+  default: hidden
+  rules:
+    - read-write: "{project}"
+      id: rw
+    - read-write: "{project}/.env"
+      id: env-dir
+    - hidden: "**/.env"
+      id: dotenv
+    - read-write: /data/secret
+      id: data-secret
+    - hidden: "**/secret"
+      id: any-secret
+)");
+  const FsCase cases[] = {
+      {"/work/proj/.env", Access::kReadWrite, "env-dir"},  // same depth: more literals
+      {"/work/proj/.env/x", Access::kReadWrite, "env-dir"},
+      {"/work/proj/.env/x/.env", Access::kHidden, "dotenv"},
+      {"/work/proj/.env/.env", Access::kHidden, "dotenv"},
+      {"/work/proj/.env/.env/x", Access::kHidden, "dotenv"},
+      {"/data/secret", Access::kReadWrite, "data-secret"},
+      {"/data/secret/a/secret", Access::kHidden, "any-secret"},
+      {"/data/secret/secret", Access::kHidden, "any-secret"},
+  };
+  checkFiles(p, cases);
+}
+
 TEST_CASE("filesystem: a rule for / covers everything below it", "[unit]") {
   Policy p = compileYaml(R"(
 filesystem:

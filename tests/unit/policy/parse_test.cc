@@ -52,7 +52,7 @@ void expectErrors(const std::vector<ErrorCase>& cases) {
   }
 }
 
-// netRule wraps TARGET as the only target of a deny rule: TARGET starts at
+// denyRule wraps TARGET as the only target of a deny rule: TARGET starts at
 // line 3, column 13.
 std::string denyRule(const std::string& target) {
   return "network:\n  rules:\n    - deny: " + target + "\n";
@@ -201,6 +201,46 @@ TEST_CASE("duplicate rule ids, credential names and MCP server names are errors"
        ErrorCode::kPolicyInvalid,
        "p.yaml:4:11: error: id must be a non-empty word without spaces or quotes", ""},
   });
+}
+
+TEST_CASE("an explicit rule id may not repeat a generated default id", "[unit]") {
+  // Two rules answering to one id make audit events ambiguous, whichever
+  // of them got its id by default.
+  struct Case {
+    const char* what;
+    const char* yaml;
+    const char* id;
+  };
+  const Case cases[] = {
+      {"explicit after default",
+       "network:\n  rules:\n    - deny: a.com\n    - deny: b.com\n      id: test.network.1\n",
+       "test.network.1"},
+      {"explicit before default",
+       "network:\n  rules:\n    - deny: a.com\n      id: test.network.2\n    - deny: b.com\n",
+       "test.network.2"},
+      {"filesystem",
+       "filesystem:\n  rules:\n    - hidden: /a\n    - hidden: /b\n      id: test.filesystem.1\n",
+       "test.filesystem.1"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    auto r = parse(c.yaml);
+    CHECK_FALSE(r.ok());
+    if (r.ok()) {
+      std::vector<std::string> ids;
+      for (const NetRule& n : r.value()->net_rules) {
+        ids.push_back(n.meta.id);
+      }
+      for (const FsRule& f : r.value()->fs_rules) {
+        ids.push_back(f.meta.id);
+      }
+      INFO("ids: " << ids.at(0) << ", " << ids.at(1));
+      CHECK(ids.at(0) != ids.at(1));
+      continue;
+    }
+    CHECK(r.error().code() == ErrorCode::kPolicyInvalid);
+    CHECK_THAT(r.error().message(), Contains(std::string("duplicate rule id '") + c.id + "'"));
+  }
 }
 
 // ---- network targets -------------------------------------------------------
