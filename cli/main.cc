@@ -4,12 +4,15 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <climits>
+#include <cstring>
 #include <cstdio>
 #include <iostream>
 
 #include "policy/loader.h"
 #include "policy/policy.h"
 #include "policy/show.h"
+#include "policy/trust.h"
 #include "cli/session.h"
 
 namespace {
@@ -203,7 +206,8 @@ int main(int argc, char** argv) {
   app.add_option("--policy", policy_files,
                  "policy file; repeat to layer (replaces user and project layers; org and group "
                  "layers from /etc/guard still apply)")
-      ->check(CLI::ExistingFile);
+      ->check(CLI::ExistingFile)
+      ->allow_extra_args(false);
   app.add_option("--audit", audit_file,
                  "audit log (JSON Lines); default $XDG_STATE_HOME/guard/audit.jsonl");
   std::string allowed_audit = "writes";
@@ -225,8 +229,15 @@ int main(int argc, char** argv) {
   auto* shw = pol->add_subcommand(
       "show", "print the effective merged policy, each rule with its layer and source");
   shw->add_option("--policy", policy_files, "policy file; repeat to layer")
-      ->check(CLI::ExistingFile);
+      ->check(CLI::ExistingFile)
+      ->allow_extra_args(false);
   auto* dfl = pol->add_subcommand("default", "print the embedded default policy");
+  std::string trust_file;
+  auto* tru = pol->add_subcommand(
+      "trust",
+      "approve this project's .guard.yaml (after reviewing it); guard applies a project\n"
+      "policy only in a form you approved, and asks again whenever it changes");
+  tru->add_option("FILE", trust_file, "the project policy (default ./.guard.yaml)");
   std::vector<std::string> explain_args;
   auto* exp = pol->add_subcommand(
       "explain",
@@ -234,7 +245,8 @@ int main(int argc, char** argv) {
       "  net HOST[:PORT]   dns NAME   file read|write PATH\n"
       "  mcp SERVER TOOL   cred NAME HOST   env NAME");
   exp->add_option("--policy", policy_files, "policy file; repeat to layer")
-      ->check(CLI::ExistingFile);
+      ->check(CLI::ExistingFile)
+      ->allow_extra_args(false);
   exp->add_option("request", explain_args, "the request to decide")->required();
 
   try {
@@ -248,6 +260,22 @@ int main(int argc, char** argv) {
   }
   if (*chk) {
     return check(check_files);
+  }
+  if (*tru) {
+    std::string file = trust_file.empty() ? ".guard.yaml" : trust_file;
+    char real[PATH_MAX];
+    if (realpath(file.c_str(), real) == nullptr) {
+      return fail(file + ": " + strerror(errno), kExitPolicyError);
+    }
+    if (int rc = check({real}); rc != kExitOk) {
+      return rc;
+    }
+    auto hash = guard::policy::trustFile(real);
+    if (!hash.ok()) {
+      return fail(hash.error().message(), kExitPolicyError);
+    }
+    std::printf("trusted %s (sha256 %s)\n", real, hash.value().c_str());
+    return kExitOk;
   }
   if (*shw) {
     return show(policy_files);

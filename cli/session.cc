@@ -192,7 +192,7 @@ int runSession(const SessionOptions& options) {
   spec.root = mnt;
   spec.writable = {"/dev", "/tmp"};
   bool everything_writable = false;
-  for (const auto& vp : p.visiblePrefixes()) {
+  for (const auto& vp : p.pathPrefixes()) {
     if (vp.access == policy::Access::kReadWrite) {
       if (vp.prefix == "/") {
         everything_writable = true;

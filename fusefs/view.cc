@@ -28,6 +28,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <new>
@@ -174,6 +175,11 @@ class View {
     return static_cast<uint64_t>(ino) * 0x9e3779b97f4a7c15ULL ^ static_cast<uint64_t>(dev);
   }
   void scanHidden();
+  void scanHiddenByGlob();
+  void waitForScan() {
+    std::unique_lock<std::mutex> lock(hidden_mu_);
+    scan_cv_.wait(lock, [this] { return scan_done_; });
+  }
   void replyEntry(fuse_req_t req, Node* n, const struct stat& st);
   void dropLocked(Node* n, uint64_t count);
 
@@ -188,6 +194,9 @@ class View {
 
   std::mutex hidden_mu_;
   std::unordered_set<uint64_t> hidden_inodes_;  // (dev, ino) of hidden files seen
+  std::condition_variable scan_cv_;
+  bool scan_done_ = false;  // guarded by hidden_mu_
+  std::thread scan_thread_;
 
   fuse_session* se_ = nullptr;
   std::thread loop_;
@@ -272,7 +281,8 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
   std::string path = join(pathOf(parent), name);
   Verdict v = policy_.file(path, FileOp::kWrite);
   bool synthetic = parent == &root_ &&
-                   (isSynthetic(path) || (isMountpoint(path) && v.access == Access::kHidden));
+                   (isSynthetic(path) || (isMountpoint(path) && v.access == Access::kHidden &&
+                                          !policy_.revealsBelow(path)));
   struct stat st {};
   bool traverse = false;
   if (synthetic) {
@@ -299,6 +309,9 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
     }
     // A second name for a hidden file (a hard link made before or during the
     // session) is as hidden as the first.
+    if (S_ISREG(st.st_mode) && st.st_nlink > 1) {
+      waitForScan();
+    }
     if (S_ISREG(st.st_mode) && st.st_nlink > 1 && hiddenInode(st.st_dev, st.st_ino)) {
       Verdict hv = v;
       hv.decision = Decision::kDeny;
@@ -545,6 +558,16 @@ void View::rename(fuse_req_t req, fuse_ino_t parent_ino, const char* name,
   }
   if (int err = checkWrite(req, to, vt, "rename", nullptr); err != 0) {
     fuse_reply_err(req, err);
+    return;
+  }
+  struct stat src {};
+  if (fstatat(parent->fd, name, &src, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(src.st_mode) &&
+      !policy_.renameKeepsDecisions(from, to)) {
+    Verdict v = vf;
+    v.decision = Decision::kDeny;
+    v.reason = "the directory holds paths whose rules depend on its name";
+    audit(req, from, v, "rename");
+    fuse_reply_err(req, EXDEV);  // mv and friends fall back to copying file by file
     return;
   }
   if (renameat2(parent->fd, name, newparent->fd, newname, flags) != 0) {
@@ -850,14 +873,13 @@ void View::init(fuse_conn_info* conn) {
 }
 
 void View::scanHidden() {
-  // Record the inodes under hidden literal paths, so a hard link to one of
-  // them that exists before the session (or is made during it) stays hidden.
+  // Hidden literal paths (~/.ssh): every file below them, before serving.
   size_t budget = 100000;
-  for (const auto& vp : policy_.visiblePrefixes()) {
-    if (vp.access != Access::kHidden || vp.glob || budget == 0) {
+  for (const auto& pp : policy_.pathPrefixes()) {
+    if (pp.access != Access::kHidden || pp.glob || budget == 0) {
       continue;
     }
-    std::vector<std::string> stack = {vp.prefix};
+    std::vector<std::string> stack = {pp.prefix};
     while (!stack.empty() && budget > 0) {
       std::string p = stack.back();
       stack.pop_back();
@@ -882,6 +904,78 @@ void View::scanHidden() {
       }
     }
   }
+}
+
+void View::scanHiddenByGlob() {
+  // Files hidden by a glob (**/.env) can sit anywhere visible. Walk the
+  // visible literal roots, read-write first, and record every hidden file
+  // that has other names. Lookups of multiply-linked files wait for this.
+  bool any_glob = false;
+  for (const auto& pp : policy_.pathPrefixes()) {
+    any_glob = any_glob || (pp.access == Access::kHidden && pp.glob);
+  }
+  std::vector<std::string> roots;
+  if (any_glob) {
+    for (Access want : {Access::kReadWrite, Access::kReadOnly}) {
+      for (const auto& pp : policy_.pathPrefixes()) {
+        if (pp.access == want && !pp.glob && pp.prefix != "/") {
+          roots.push_back(pp.prefix);
+        }
+      }
+    }
+  }
+  size_t budget = 300000;
+  std::unordered_set<std::string> done;
+  for (const std::string& root : roots) {
+    bool covered = false;
+    for (const std::string& d : done) {
+      covered = covered || root == d || (root.size() > d.size() && root.starts_with(d) &&
+                                         root[d.size()] == '/');
+    }
+    if (covered || stopping_.load()) {
+      continue;
+    }
+    done.insert(root);
+    std::vector<std::string> stack = {root};
+    while (!stack.empty() && budget > 0 && !stopping_.load()) {
+      std::string dir = stack.back();
+      stack.pop_back();
+      DIR* d = ::opendir(dir.c_str());
+      if (d == nullptr) {
+        continue;
+      }
+      while (struct dirent* e = ::readdir(d)) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 || --budget == 0) {
+          if (budget == 0) {
+            break;
+          }
+          continue;
+        }
+        std::string path = dir + "/" + e->d_name;
+        if (e->d_type == DT_DIR) {
+          stack.push_back(std::move(path));
+          continue;
+        }
+        if (e->d_type != DT_REG && e->d_type != DT_UNKNOWN) {
+          continue;
+        }
+        if (policy_.file(path, FileOp::kRead).access != Access::kHidden) {
+          continue;
+        }
+        struct stat st {};
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+            st.st_nlink > 1) {
+          noteHidden(st.st_dev, st.st_ino);
+        }
+      }
+      closedir(d);
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(hidden_mu_);
+    scan_done_ = true;
+  }
+  scan_cv_.notify_all();
 }
 
 // ---- mounting --------------------------------------------------------------
@@ -1138,6 +1232,7 @@ Error View::start() {
   empty_dir_fd_ = ::open(tmpl, O_PATH | O_DIRECTORY | O_CLOEXEC);
 
   scanHidden();
+  scan_thread_ = std::thread([this] { scanHiddenByGlob(); });
 
   static const fuse_lowlevel_ops ops = makeOps();
   // default_permissions: the kernel checks mode bits against the caller,
@@ -1237,6 +1332,9 @@ void View::stop() {
   if (host_mounted_) {
     fuse_session_unmount(se_);
     host_mounted_ = false;
+  }
+  if (scan_thread_.joinable()) {
+    scan_thread_.join();
   }
   // With the jail gone and the host mount detached, the kernel ends the
   // connection and the loop's blocking reads return ENODEV.

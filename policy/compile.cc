@@ -159,9 +159,7 @@ class Compiler {
                            "directory");
         }
         fs.paths.add(p, r);
-        if (fr.access != Access::kHidden) {
-          addVisible(p, fr.access);
-        }
+        addPrefix(p, fr.access);
         c_->fs_patterns[r].push_back(std::move(p));
       }
     }
@@ -201,10 +199,9 @@ class Compiler {
     return Error();
   }
 
-  void addVisible(const std::string& pattern, Access access) {
-    // The literal prefix is every segment before the first glob.
-    std::string prefix;
-    bool glob = false;
+  void addPrefix(const std::string& pattern, Access access) {
+    Policy::PathPrefix pp;
+    pp.access = access;
     size_t i = 1;
     while (i <= pattern.size()) {
       size_t j = pattern.find('/', i);
@@ -216,14 +213,18 @@ class Compiler {
         break;
       }
       if (hasGlob(seg)) {
-        glob = true;
+        pp.glob = true;
+        pp.double_star = seg == "**";
         break;
       }
-      prefix += "/";
-      prefix += seg;
+      pp.prefix += "/";
+      pp.prefix += seg;
       i = j + 1;
     }
-    c_->visible.push_back({prefix.empty() ? "/" : prefix, glob, access});
+    if (pp.prefix.empty()) {
+      pp.prefix = "/";
+    }
+    c_->prefixes.push_back(std::move(pp));
   }
 
   Compiled* c_;

@@ -88,8 +88,8 @@ class Compiled {
   uint32_t builtin_mcp = kNone;
   uint32_t builtin_cred = kNone;
 
-  // Literal prefixes of non-hidden filesystem patterns (see revealsBelow).
-  std::vector<Policy::VisiblePrefix> visible;
+  // Literal prefixes of every filesystem pattern (see revealsBelow).
+  std::vector<Policy::PathPrefix> prefixes;
   bool visible_default = false;  // some layer's filesystem default is not hidden
 
   // Each rule's expanded filesystem patterns, for `policy show`.

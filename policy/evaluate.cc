@@ -349,6 +349,22 @@ Verdict Policy::file(std::string_view path, FileOp op) const {
   return v;
 }
 
+namespace {
+
+// under reports whether PATH lies strictly below directory BASE.
+bool under(std::string_view path, std::string_view base) {
+  if (base == "/") {
+    return path.size() > 1;
+  }
+  return path.size() > base.size() && path.starts_with(base) && path[base.size()] == '/';
+}
+
+bool underOrAt(std::string_view path, std::string_view base) {
+  return path == base || under(path, base);
+}
+
+}  // namespace
+
 bool Policy::revealsBelow(std::string_view dir) const {
   const Compiled& c = *c_;
   if (c.visible_default) {
@@ -360,24 +376,56 @@ bool Policy::revealsBelow(std::string_view dir) const {
     return false;
   }
   std::string_view d(buf, n);
-  auto under = [](std::string_view path, std::string_view base) {
-    if (base == "/") {
-      return path.size() > 1;
+  for (const PathPrefix& v : c.prefixes) {
+    if (v.access == Access::kHidden) {
+      continue;
     }
-    return path.size() > base.size() && path.starts_with(base) && path[base.size()] == '/';
-  };
-  for (const VisiblePrefix& v : c.visible) {
     if (under(v.prefix, d)) {
       return true;  // a visible pattern lies below DIR
     }
-    if (v.glob && (v.prefix == d || under(d, v.prefix))) {
+    if (v.glob && underOrAt(d, v.prefix)) {
       return true;  // a glob below DIR's ancestor may match under DIR
     }
   }
   return false;
 }
 
-const std::vector<Policy::VisiblePrefix>& Policy::visiblePrefixes() const { return c_->visible; }
+bool Policy::renameKeepsDecisions(std::string_view from, std::string_view to) const {
+  char fb[kMaxPathLen + 1];
+  char tb[kMaxPathLen + 1];
+  size_t fn = normalisePath(from, fb);
+  size_t tn = normalisePath(to, tb);
+  if (fn == 0 || tn == 0) {
+    return false;
+  }
+  std::string_view f(fb, fn);
+  std::string_view t(tb, tn);
+  for (const PathPrefix& v : c_->prefixes) {
+    if (v.access == Access::kReadWrite) {
+      continue;
+    }
+    // A protected literal path inside the moved tree, or inside the tree it
+    // would replace, would change its name and so its rule.
+    if (under(v.prefix, f) || under(v.prefix, t)) {
+      return false;
+    }
+    if (!v.glob) {
+      continue;
+    }
+    if (v.double_star) {
+      // "P/**/tail" matches the same files anywhere below P: a move that
+      // stays inside (or outside) P keeps them matched.
+      if (underOrAt(f, v.prefix) != underOrAt(t, v.prefix)) {
+        return false;
+      }
+    } else if (underOrAt(f, v.prefix) || underOrAt(t, v.prefix)) {
+      return false;  // "P/*/x": which directory names the file matters
+    }
+  }
+  return true;
+}
+
+const std::vector<Policy::PathPrefix>& Policy::pathPrefixes() const { return c_->prefixes; }
 
 Verdict Policy::env(std::string_view name) const {
   const Compiled& c = *c_;

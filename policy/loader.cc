@@ -10,8 +10,11 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "policy/document.h"
+#include "policy/trust.h"
 
 namespace guard::policy {
 namespace {
@@ -168,6 +171,12 @@ Result<Loaded> loadPolicyLayers(Context* ctx, const LoadOptions& options) {
       return groups.error();
     }
     ctx->groups = groups.value();
+    // A writable groups/ directory would let anyone delete a group's layer.
+    if (std::string gdir = sys + "/groups"; exists(gdir)) {
+      if (Error e = checkTrusted(gdir); !e.ok()) {
+        return e;
+      }
+    }
     for (const std::string& g : ctx->groups) {
       std::string file = sys + "/groups/" + g + ".yaml";
       if (!exists(file)) {
@@ -212,6 +221,21 @@ Result<Loaded> loadPolicyLayers(Context* ctx, const LoadOptions& options) {
   for (const auto& [file, layer] : rest) {
     if (Error e = add(file, layer); !e.ok()) {
       return e;
+    }
+    if (layer != "project") {
+      continue;
+    }
+    // The project file travels with the repository, and the agent may edit
+    // it: apply it only in the exact form the user approved.
+    std::ifstream f(file, std::ios::binary);
+    std::stringstream text;
+    text << f.rdbuf();
+    std::string hash = sha256Hex(text.str());
+    if (!isTrusted(file, hash)) {
+      return Error(ErrorCode::kPolicyInvalid,
+                   file + ": error: this project policy is not trusted yet (sha256 " +
+                       hash.substr(0, 16) + "...)\n  hint: review it, then run `guard policy "
+                       "trust` in " + ctx->project + "; guard asks again whenever it changes");
     }
   }
   return out;

@@ -121,15 +121,27 @@ class Policy {
   // that /home stays reachable on the way to a visible /home/alice/project.
   bool revealsBelow(std::string_view dir) const;
 
-  // visiblePrefixes lists the literal leading directories of every
-  // non-hidden filesystem pattern (for Landlock and for mount planning), with
-  // whether the pattern continues with a glob, and the pattern's access.
-  struct VisiblePrefix {
+  // PathPrefix is the literal leading directories of one filesystem pattern
+  // (every segment before the first glob), whether a glob follows, whether
+  // that glob starts with `**`, and the pattern's access.
+  struct PathPrefix {
     std::string prefix;
-    bool glob;
-    Access access;
+    bool glob = false;
+    bool double_star = false;
+    Access access = Access::kHidden;
   };
-  const std::vector<VisiblePrefix>& visiblePrefixes() const;
+
+  // pathPrefixes lists the PathPrefix of every filesystem pattern of every
+  // layer (Landlock's writable paths, the view's scan for hidden files).
+  const std::vector<PathPrefix>& pathPrefixes() const;
+
+  // renameKeepsDecisions reports whether moving directory FROM to TO (both
+  // absolute) leaves every hidden and read-only rule deciding the moved
+  // files as before. Rules judge paths, so renaming a directory that holds
+  // a protected path would carry it out from under its rule; the view then
+  // refuses the rename with EXDEV and tools fall back to copying file by
+  // file, each file checked on its own.
+  bool renameKeepsDecisions(std::string_view from, std::string_view to) const;
 
   // env decides whether host variable NAME passes into the session.
   Verdict env(std::string_view name) const;
@@ -167,8 +179,8 @@ Result<std::shared_ptr<const Layer>> loadLayerFile(const std::string& file,
                                                    std::string_view layer);
 
 // compile merges LAYERS (first = lowest, e.g. org) and builds the matchers.
-// Returns kPolicyLocked when a later layer redefines a locked credential or
-// MCP server, kPolicyInvalid for anything else that cannot be merged.
+// Returns kPolicyInvalid when a path cannot be expanded (no home or working
+// directory), kPolicyLimit for more than 64 layers.
 Result<Policy> compile(std::vector<std::shared_ptr<const Layer>> layers, const Context& ctx);
 
 // defaultPolicyText is the embedded default policy (YAML).

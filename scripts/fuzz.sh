@@ -138,7 +138,8 @@ for t in "${targets[@]}"; do
     status=1
     summary+=("$t: FAILED (exit $rc, ${execs:-?} execs)")
     echo "fuzz.sh: $t FAILED (exit $rc); excerpt of $log:" >&2
-    grep -E -m 20 -A 12 'ERROR: |runtime error|property failed|==ERROR|SUMMARY' "$log" >&2 || tail -n 40 "$log" >&2
+    { grep -E -m 20 -A 12 'ERROR: |runtime error|property failed|SUMMARY' "$log" ||
+        tail -n 40 "$log"; } | cut -c1-240 >&2
     for f in $found; do
       echo "fuzz.sh: reproducer: $f (replay: $bin $f)" >&2
     done

@@ -13,7 +13,9 @@ packages=(
   # jail and capture
   libseccomp-dev libnftables-dev
   # benchmarks and tools the tests drive
-  libbenchmark-dev binutils iproute2 git python3 procps
+  libbenchmark-dev binutils iproute2 git python3 procps bubblewrap hyperfine
+  # the host-mode tests: real tools run inside sessions, a static helper, an unprivileged user
+  libc6-dev nodejs strace util-linux passwd
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -28,8 +30,15 @@ for p in "${packages[@]}"; do
 done
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "install-deps: all ${#packages[@]} packages present"
-  exit 0
+else
+  echo "install-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-echo "install-deps: installing ${missing[*]}"
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+# Unprivileged sessions need /dev/fuse open to every user, as Debian's fuse3
+# package leaves it (mode 0666); some containers ship it 0600.
+if [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" != "666" ]; then
+  echo "install-deps: making /dev/fuse 0666 (Debian's default) for unprivileged sessions"
+  $SUDO chmod 0666 /dev/fuse
+fi

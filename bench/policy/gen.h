@@ -37,7 +37,9 @@ struct Rng {
   size_t below(size_t n) { return static_cast<size_t>(next() % n); }
   bool chance(double p) { return static_cast<double>(next() >> 11) * 0x1.0p-53 < p; }
   template <typename T>
-  const T& pick(const std::vector<T>& v) { return v[below(v.size())]; }
+  const T& pick(const std::vector<T>& v) {
+    return v[below(v.size())];
+  }
 };
 
 using PortList = std::vector<std::pair<uint16_t, uint16_t>>;  // inclusive ranges
@@ -51,7 +53,7 @@ struct GenNetRule {
   IpAddr addr;       // kCidr: network address
   int prefix = 0;    // kCidr
   bool allow = true;
-  PortList ports;    // empty: every port
+  PortList ports;  // empty: every port
 };
 
 // GenFsRule is one filesystem rule as generated (one path per rule).
@@ -104,8 +106,8 @@ namespace gen_detail {
 
 inline std::string word(Rng& r) {
   static const std::vector<std::string> syl = {
-      "ka", "lo", "mi", "ne", "ra", "to", "zu", "pe", "fi", "go", "sha", "ban", "cor", "del",
-      "vex", "qui", "tra", "mon", "lux", "ber", "dan", "eli", "orn", "ust", "wyn", "hal"};
+      "ka",  "lo",  "mi",  "ne",  "ra",  "to",  "zu",  "pe",  "fi",  "go",  "sha", "ban", "cor",
+      "del", "vex", "qui", "tra", "mon", "lux", "ber", "dan", "eli", "orn", "ust", "wyn", "hal"};
   std::string w;
   size_t n = 2 + r.below(2);
   for (size_t i = 0; i < n; ++i) {
@@ -120,7 +122,9 @@ inline std::string word(Rng& r) {
 inline std::string portsYaml(const PortList& p) {
   std::string s = "[";
   for (size_t i = 0; i < p.size(); ++i) {
-    if (i) s += ", ";
+    if (i) {
+      s += ", ";
+    }
     if (p[i].first == p[i].second) {
       s += std::to_string(p[i].first);
     } else {
@@ -132,10 +136,14 @@ inline std::string portsYaml(const PortList& p) {
 
 inline PortList randomPorts(Rng& r) {
   switch (r.below(4)) {
-    case 0: return {{443, 443}};
-    case 1: return {{80, 80}, {443, 443}};
-    case 2: return {{8000, 8100}};
-    default: return {{22, 22}};
+    case 0:
+      return {{443, 443}};
+    case 1:
+      return {{80, 80}, {443, 443}};
+    case 2:
+      return {{8000, 8100}};
+    default:
+      return {{22, 22}};
   }
 }
 
@@ -161,10 +169,18 @@ inline IpAddr randomBelow(Rng& r, IpAddr a, int prefix) {
 }
 
 inline std::string expand(const std::string& raw) {
-  if (raw.rfind("{project}", 0) == 0) return kProject + raw.substr(9);
-  if (raw.rfind("~", 0) == 0) return kHome + raw.substr(1);
-  if (raw[0] == '/') return raw;
-  if (raw.rfind("**/", 0) == 0) return "/" + raw;
+  if (raw.rfind("{project}", 0) == 0) {
+    return kProject + raw.substr(9);
+  }
+  if (raw.rfind("~", 0) == 0) {
+    return kHome + raw.substr(1);
+  }
+  if (raw[0] == '/') {
+    return raw;
+  }
+  if (raw.rfind("**/", 0) == 0) {
+    return "/" + raw;
+  }
   return "/**/" + raw;
 }
 
@@ -173,7 +189,9 @@ inline std::string q(const std::string& s) { return "\"" + s + "\""; }
 
 inline std::string randomCase(Rng& r, std::string s) {
   for (char& c : s) {
-    if (c >= 'a' && c <= 'z' && r.chance(0.4)) c = static_cast<char>(c - 'a' + 'A');
+    if (c >= 'a' && c <= 'z' && r.chance(0.4)) {
+      c = static_cast<char>(c - 'a' + 'A');
+    }
   }
   return s;
 }
@@ -188,17 +206,19 @@ inline Generated generate(uint64_t seed, size_t queries) {
   Generated g;
 
   // ---- domains --------------------------------------------------------------
-  static const std::vector<std::string> tlds = {"com", "net", "org", "io", "dev", "app", "co.uk",
-                                                "cloud", "ai", "de"};
+  static const std::vector<std::string> tlds = {"com", "net",   "org",   "io", "dev",
+                                                "app", "co.uk", "cloud", "ai", "de"};
   static const std::vector<std::string> subs = {
-      "api", "www", "cdn", "static", "auth", "login", "git", "registry", "mirror", "s3",
-      "eu-west-1", "us-east-1", "download", "upload", "docs", "status", "mail", "img",
-      "assets", "ws", "grpc", "metrics", "v2", "edge"};
+      "api",    "www", "cdn",       "static",    "auth",     "login",   "git",  "registry",
+      "mirror", "s3",  "eu-west-1", "us-east-1", "download", "upload",  "docs", "status",
+      "mail",   "img", "assets",    "ws",        "grpc",     "metrics", "v2",   "edge"};
   std::vector<std::string> bases;
   std::set<std::string> base_set;
   while (bases.size() < 1400) {
     std::string b = word(r) + "." + r.pick(tlds);
-    if (base_set.insert(b).second) bases.push_back(b);
+    if (base_set.insert(b).second) {
+      bases.push_back(b);
+    }
   }
   std::vector<GenNetRule> domains;
   std::set<std::string> seen;
@@ -228,9 +248,13 @@ inline Generated generate(uint64_t seed, size_t queries) {
     }
     // Mostly distinct targets; ~2% repeat one on purpose (ties: deny wins).
     std::string key = (wild ? "*." : "") + n.text;
-    if (!seen.insert(key).second && !r.chance(0.02)) continue;
+    if (!seen.insert(key).second && !r.chance(0.02)) {
+      continue;
+    }
     n.allow = !r.chance(0.25);
-    if (r.chance(0.20)) n.ports = randomPorts(r);
+    if (r.chance(0.20)) {
+      n.ports = randomPorts(r);
+    }
     domains.push_back(n);
   }
 
@@ -238,7 +262,9 @@ inline Generated generate(uint64_t seed, size_t queries) {
   std::vector<uint8_t> v4_pool;  // first octets in use; the rest is free for misses
   std::vector<uint8_t> v4_free;
   for (int o = 1; o < 224; ++o) {
-    if (o == 127) continue;
+    if (o == 127) {
+      continue;
+    }
     (r.chance(0.15) ? v4_pool : v4_free).push_back(static_cast<uint8_t>(o));
   }
   std::vector<std::pair<uint8_t, uint8_t>> v6_pool;  // 2xxx:xxxx::/32 allocations
@@ -258,12 +284,15 @@ inline Generated generate(uint64_t seed, size_t queries) {
     const GenNetRule* parent = nullptr;
     if (!cidrs.empty() && r.chance(0.30)) {
       const GenNetRule& p = cidrs[r.below(cidrs.size())];
-      if (p.addr.v4 == v4 && p.prefix < (v4 ? 32 : 128)) parent = &p;
+      if (p.addr.v4 == v4 && p.prefix < (v4 ? 32 : 128)) {
+        parent = &p;
+      }
     }
     int prefix;
     if (parent) {
-      prefix = parent->prefix + 1 + static_cast<int>(r.below(static_cast<size_t>(
-                                        std::min(16, (v4 ? 32 : 128) - parent->prefix))));
+      prefix = parent->prefix + 1 +
+               static_cast<int>(
+                   r.below(static_cast<size_t>(std::min(16, (v4 ? 32 : 128) - parent->prefix))));
       a = randomBelow(r, parent->addr, parent->prefix);
     } else if (v4) {
       static const std::vector<int> common = {8, 16, 24, 32};
@@ -282,25 +311,39 @@ inline Generated generate(uint64_t seed, size_t queries) {
     n.addr = a;
     n.prefix = prefix;
     n.text = a.toString() + "/" + std::to_string(prefix);
-    if (!cidr_seen.insert(n.text).second) continue;
+    if (!cidr_seen.insert(n.text).second) {
+      continue;
+    }
     n.allow = !r.chance(0.35);
-    if (r.chance(0.10)) n.ports = randomPorts(r);
+    if (r.chance(0.10)) {
+      n.ports = randomPorts(r);
+    }
     cidrs.push_back(n);
   }
 
   // Network rules in YAML order: shuffled, so ids interleave kinds.
   g.net = domains;
   g.net.insert(g.net.end(), cidrs.begin(), cidrs.end());
-  for (size_t i = g.net.size(); i > 1; --i) std::swap(g.net[i - 1], g.net[r.below(i)]);
+  for (size_t i = g.net.size(); i > 1; --i) {
+    std::swap(g.net[i - 1], g.net[r.below(i)]);
+  }
 
   // ---- filesystem -----------------------------------------------------------
-  static const std::vector<std::string> roots = {"/usr", "/etc", "/opt", "/var", "/srv",
-                                                 "/data", "~", "{project}", "/mnt", "/nix"};
+  static const std::vector<std::string> roots = {"/usr",  "/etc", "/opt",      "/var", "/srv",
+                                                 "/data", "~",    "{project}", "/mnt", "/nix"};
   static const std::vector<std::string> dirs = {
-      "bin", "lib", "share", "local", "include", "config", "cache", "logs", "src", "build",
-      "docs", "node_modules", ".git", "hooks", "private", "public", "tmp", "run", "www",
-      "backups", "keys", "certs", "models", "datasets", ".config", ".local", "projects"};
+      "bin",     "lib",    "share",    "local",   "include",      "config",  "cache",
+      "logs",    "src",    "build",    "docs",    "node_modules", ".git",    "hooks",
+      "private", "public", "tmp",      "run",     "www",          "backups", "keys",
+      "certs",   "models", "datasets", ".config", ".local",       "projects"};
   auto dirName = [&](Rng& rr) { return rr.chance(0.5) ? rr.pick(dirs) : word(rr); };
+  // Names the "**/name" globs use; some literal rules end in them too, so a
+  // glob and a literal rule compete for the same directories.
+  static const std::vector<std::string> names = {
+      ".env",    ".env.local",       ".npmrc", ".netrc", "id_rsa",      "id_ed25519",
+      "secrets", "credentials.json", ".aws",   ".kube",  "__pycache__", "target",
+      "dist",    ".terraform",       ".ssh",   ".gnupg", ".docker",     "kubeconfig",
+      "token",   ".pypirc"};
   std::vector<GenFsRule> lit;
   std::set<std::string> fs_seen;
   while (lit.size() < 2700) {
@@ -310,14 +353,25 @@ inline Generated generate(uint64_t seed, size_t queries) {
       raw = p.raw;
       size_t depth = static_cast<size_t>(std::count(p.expanded.begin(), p.expanded.end(), '/'));
       size_t add = 1 + r.below(2);
-      if (depth + add > 6) continue;
-      for (size_t i = 0; i < add; ++i) raw += "/" + dirName(r);
+      if (depth + add > 6) {
+        continue;
+      }
+      for (size_t i = 0; i < add; ++i) {
+        raw += "/" + dirName(r);
+      }
     } else {
       raw = r.pick(roots);
       size_t depth = 1 + r.below(5);  // 2-6 segments counting the root
-      for (size_t i = 0; i < depth; ++i) raw += "/" + dirName(r);
+      for (size_t i = 0; i < depth; ++i) {
+        raw += "/" + dirName(r);
+      }
     }
-    if (!fs_seen.insert(raw).second) continue;
+    if (r.chance(0.05)) {
+      raw = raw.substr(0, raw.rfind('/') + 1) + r.pick(names);
+    }
+    if (!fs_seen.insert(raw).second) {
+      continue;
+    }
     GenFsRule f;
     f.raw = raw;
     f.expanded = expand(raw);
@@ -325,15 +379,13 @@ inline Generated generate(uint64_t seed, size_t queries) {
     f.access = a < 40 ? Access::kReadOnly : a < 75 ? Access::kReadWrite : Access::kHidden;
     lit.push_back(f);
   }
-  static const std::vector<std::string> names = {
-      ".env", ".env.local", ".npmrc", ".netrc", "id_rsa", "id_ed25519", "secrets",
-      "credentials.json", ".aws", ".kube", "__pycache__", "target", "dist", ".terraform",
-      ".ssh", ".gnupg", ".docker", "kubeconfig", "token", ".pypirc"};
-  static const std::vector<std::string> exts = {"pem", "key", "p12", "pfx", "kdbx", "sqlite",
+  static const std::vector<std::string> exts = {"pem", "key", "p12", "pfx", "kdbx",     "sqlite",
                                                 "bak", "swp", "der", "jks", "keystore", "gpg"};
   std::vector<GenFsRule> globs;
   auto addGlob = [&](std::string raw) {
-    if (!fs_seen.insert(raw).second) return;
+    if (!fs_seen.insert(raw).second) {
+      return;
+    }
     GenFsRule f;
     f.raw = raw;
     f.expanded = expand(raw);
@@ -359,20 +411,29 @@ inline Generated generate(uint64_t seed, size_t queries) {
     for (;;) {
       const GenFsRule& p = r.pick(lit);
       size_t depth = static_cast<size_t>(std::count(p.expanded.begin(), p.expanded.end(), '/'));
-      if (depth <= max_depth) return p.raw;
+      if (depth <= max_depth) {
+        return p.raw;
+      }
     }
   };
   while (globs.size() < 225) {  // "/a/*/c"
     static const std::vector<std::string> mid = {"*", "*", "*", "*-prod", "app?", "v*"};
     addGlob(litDir(4) + "/" + r.pick(mid) + "/" + (r.chance(0.3) ? r.pick(names) : dirName(r)));
   }
-  while (globs.size() < 300) {  // "/x/**/y"
-    std::string last = r.chance(0.2) ? "*." + r.pick(exts) : (r.chance(0.3) ? r.pick(names) : dirName(r));
+  while (globs.size() < 300) {  // "/x/**/y" (and a few "/x/**")
+    if (r.chance(0.1)) {
+      addGlob(litDir(3) + "/**");
+      continue;
+    }
+    std::string last =
+        r.chance(0.2) ? "*." + r.pick(exts) : (r.chance(0.3) ? r.pick(names) : dirName(r));
     addGlob(litDir(3) + "/**/" + last);
   }
   g.fs = lit;
   g.fs.insert(g.fs.end(), globs.begin(), globs.end());
-  for (size_t i = g.fs.size(); i > 1; --i) std::swap(g.fs[i - 1], g.fs[r.below(i)]);
+  for (size_t i = g.fs.size(); i > 1; --i) {
+    std::swap(g.fs[i - 1], g.fs[r.below(i)]);
+  }
 
   // ---- YAML -----------------------------------------------------------------
   std::string& y = g.yaml;
@@ -381,11 +442,19 @@ inline Generated generate(uint64_t seed, size_t queries) {
     y += n.allow ? "    - allow: " : "    - deny: ";
     y += n.kind == NetKind::kWildcard ? q("*." + n.text) : q(n.text);
     y += "\n";
-    if (!n.ports.empty()) y += "      ports: " + portsYaml(n.ports) + "\n";
+    if (!n.ports.empty()) {
+      y += "      ports: " + portsYaml(n.ports) + "\n";
+    }
     switch (n.kind) {
-      case NetKind::kExact: ++g.domain_rules; break;
-      case NetKind::kWildcard: ++g.wildcard_rules; break;
-      case NetKind::kCidr: ++(n.addr.v4 ? g.v4_rules : g.v6_rules); break;
+      case NetKind::kExact:
+        ++g.domain_rules;
+        break;
+      case NetKind::kWildcard:
+        ++g.wildcard_rules;
+        break;
+      case NetKind::kCidr:
+        ++(n.addr.v4 ? g.v4_rules : g.v6_rules);
+        break;
     }
   }
   y += "filesystem:\n  default: hidden\n  rules:\n";
@@ -400,9 +469,15 @@ inline Generated generate(uint64_t seed, size_t queries) {
   std::vector<const GenNetRule*> exact, wild, v4r, v6r;
   for (const GenNetRule& n : g.net) {
     switch (n.kind) {
-      case NetKind::kExact: exact.push_back(&n); break;
-      case NetKind::kWildcard: wild.push_back(&n); break;
-      case NetKind::kCidr: (n.addr.v4 ? v4r : v6r).push_back(&n); break;
+      case NetKind::kExact:
+        exact.push_back(&n);
+        break;
+      case NetKind::kWildcard:
+        wild.push_back(&n);
+        break;
+      case NetKind::kCidr:
+        (n.addr.v4 ? v4r : v6r).push_back(&n);
+        break;
     }
   }
   auto port = [&]() -> uint16_t {
@@ -419,7 +494,9 @@ inline Generated generate(uint64_t seed, size_t queries) {
     } else if (k < 70) {
       d.cat = kDomWild;
       d.name = word(r) + "." + wild[r.below(wild.size())]->text;
-      if (r.chance(0.3)) d.name = r.pick(subs) + "." + d.name;
+      if (r.chance(0.3)) {
+        d.name = r.pick(subs) + "." + d.name;
+      }
     } else {
       d.cat = kDomMiss;
       std::string b;
@@ -428,10 +505,16 @@ inline Generated generate(uint64_t seed, size_t queries) {
       } while (base_set.count(b));
       d.name = b;
       size_t extra = r.below(4);
-      for (size_t e = 0; e < extra; ++e) d.name = (r.chance(0.5) ? r.pick(subs) : word(r)) + "." + d.name;
+      for (size_t e = 0; e < extra; ++e) {
+        d.name = (r.chance(0.5) ? r.pick(subs) : word(r)) + "." + d.name;
+      }
     }
-    if (r.chance(0.3)) d.name = randomCase(r, d.name);
-    if (r.chance(0.15)) d.name += ".";
+    if (r.chance(0.3)) {
+      d.name = randomCase(r, d.name);
+    }
+    if (r.chance(0.15)) {
+      d.name += ".";
+    }
     g.domains.push_back(d);
   }
   for (size_t i = 0; i < queries; ++i) {
@@ -459,7 +542,9 @@ inline Generated generate(uint64_t seed, size_t queries) {
       a = randomBelow(r, a, 8);
     }
     c.text = a.toString();
-    if (a.v4 && r.chance(0.1)) c.text = "::ffff:" + c.text;  // IPv4-mapped spelling
+    if (a.v4 && r.chance(0.1)) {
+      c.text = "::ffff:" + c.text;  // IPv4-mapped spelling
+    }
     if (!IpAddr::parse(c.text, &c.addr)) {
       fprintf(stderr, "bench: generated address '%s' does not parse\n", c.text.c_str());
       abort();
@@ -467,24 +552,36 @@ inline Generated generate(uint64_t seed, size_t queries) {
     g.cidrs.push_back(c);
   }
   std::vector<const GenFsRule*> lits, gl;
-  for (const GenFsRule& f : g.fs) (f.glob ? gl : lits).push_back(&f);
+  for (const GenFsRule& f : g.fs) {
+    (f.glob ? gl : lits).push_back(&f);
+  }
   auto file = [&]() { return word(r) + (r.chance(0.5) ? ".txt" : ".dat"); };
   // globPath writes a path matching expanded glob pattern PAT.
+  // The segment after a "**" is sometimes written twice ("/p/.env/.env"):
+  // the pattern then matches two consecutive ancestors.
   auto globPath = [&](const std::string& pat) {
     std::string out;
+    bool after_ds = false;
     size_t i = 1;
     while (i <= pat.size()) {
       size_t j = pat.find('/', i);
-      if (j == std::string::npos) j = pat.size();
+      if (j == std::string::npos) {
+        j = pat.size();
+      }
       std::string seg = pat.substr(i, j - i);
       i = j + 1;
-      if (seg.empty()) continue;
+      if (seg.empty()) {
+        continue;
+      }
       if (seg == "**") {
         size_t n = r.below(4);
-        if (out.empty() && n == 0) n = 1 + r.below(3);  // a root-level "**": start somewhere real
+        if (out.empty() && n == 0) {
+          n = 1 + r.below(3);  // a root-level "**": start somewhere real
+        }
         for (size_t e = 0; e < n; ++e) {
           out += "/" + (e == 0 && out.empty() ? r.pick(lits)->expanded.substr(1) : dirName(r));
         }
+        after_ds = true;
         continue;
       }
       std::string s;
@@ -498,6 +595,10 @@ inline Generated generate(uint64_t seed, size_t queries) {
         }
       }
       out += "/" + s;
+      if (after_ds && r.chance(0.25)) {
+        out += "/" + s;
+      }
+      after_ds = false;
     }
     return out;
   };
@@ -507,20 +608,39 @@ inline Generated generate(uint64_t seed, size_t queries) {
     if (k < 30) {
       p.cat = kPathLiteral;
       p.path = r.pick(lits)->expanded;
+      std::string last = p.path.substr(p.path.rfind('/') + 1);
       size_t extra = r.below(3);
-      for (size_t e = 0; e < extra; ++e) p.path += "/" + dirName(r);
-      if (r.chance(0.6)) p.path += "/" + file();
+      if (std::find(names.begin(), names.end(), last) != names.end()) {
+        // A literal rule for ".../.env" and a "**/.env" glob meet at
+        // ".../.env/.env": the glob matches one level deeper.
+        p.path += "/" + last;
+        extra = 0;
+      }
+      for (size_t e = 0; e < extra; ++e) {
+        p.path += "/" + dirName(r);
+      }
+      if (r.chance(0.1)) {
+        std::string n = r.pick(names);
+        p.path += "/" + n + (r.chance(0.5) ? "/" + n : "");
+      }
+      if (r.chance(0.6)) {
+        p.path += "/" + file();
+      }
     } else if (k < 55) {
       p.cat = kPathGlob;
       p.path = globPath(r.pick(gl)->expanded);
-      if (r.chance(0.3)) p.path += "/" + file();
+      if (r.chance(0.3)) {
+        p.path += "/" + file();
+      }
     } else if (k < 80) {
       p.cat = kPathMiss;
-      static const std::vector<std::string> none = {"/proc", "/sys", "/boot", "/root", "/lost+found",
-                                                    "/usr", "/etc", "/home"};
+      static const std::vector<std::string> none = {"/proc",       "/sys", "/boot", "/root",
+                                                    "/lost+found", "/usr", "/etc",  "/home"};
       p.path = r.pick(none) + "/zz" + word(r);
       size_t extra = r.below(4);
-      for (size_t e = 0; e < extra; ++e) p.path += "/" + word(r);
+      for (size_t e = 0; e < extra; ++e) {
+        p.path += "/" + word(r);
+      }
       p.path += "/" + file();
     } else {
       p.cat = kPathDeep;

@@ -2,7 +2,8 @@
 //
 // Properties checked on every input:
 //  * parseLayer never crashes; a failure carries a policy error code and a
-//    message "fuzz.yaml:LINE:COL: error: ...", and parsing is deterministic;
+//    message "fuzz.yaml:LINE:COL: error: ...", and parsing (of inputs up to
+//    4 KiB) is deterministic;
 //  * a parsed layer either compiles or fails with a message containing "error: ";
 //  * every evaluation (connect/host/dns/file/env/credential/mcpTool, the MCP
 //    server lookups) on names taken from the input is deterministic, and a
@@ -40,6 +41,7 @@ namespace {
 
 constexpr size_t kMaxNames = 12;
 constexpr size_t kMaxNameLen = 300;
+constexpr size_t kMaxRecheckLen = 4096;
 
 // kOrgFloors is an org layer whose locked rules no later layer may loosen.
 constexpr std::string_view kOrgFloors = R"(version: 1
@@ -259,8 +261,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
 
   auto parsed = parseLayer(text, "fuzz.yaml", "fuzz");
-  auto again = parseLayer(text, "fuzz.yaml", "fuzz");
-  FUZZ_CHECK(parsed.ok() == again.ok(), "parse is not deterministic");
+  if (size <= kMaxRecheckLen) {
+    // Parsing dominates the cost of an input, so only small ones are parsed twice.
+    auto again = parseLayer(text, "fuzz.yaml", "fuzz");
+    FUZZ_CHECK(parsed.ok() == again.ok(), "parse is not deterministic");
+    FUZZ_CHECK(parsed.ok() || (again.error().message() == parsed.error().message() &&
+                               again.error().code() == parsed.error().code()),
+               parsed.error().message() + " vs " + again.error().message());
+  }
   if (!parsed.ok()) {
     const std::string& m = parsed.error().message();
     FUZZ_CHECK(m.starts_with("fuzz.yaml:") && m.find(": error: ") != std::string::npos, m);
@@ -268,8 +276,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(code == ErrorCode::kPolicySyntax || code == ErrorCode::kPolicyInvalid ||
                    code == ErrorCode::kPolicyLimit,
                m);
-    FUZZ_CHECK(again.error().message() == m && again.error().code() == code,
-               m + " vs " + again.error().message());
     return 0;
   }
 
