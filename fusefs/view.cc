@@ -176,6 +176,18 @@ class View {
   }
   void scanHidden();
   void scanHiddenByGlob();
+  // mayLinkHidden: a multiply-linked file can share its inode with a file
+  // hidden by a glob only if the user could have made the link: it lies in
+  // a scanned (user-writable or home) tree, or the user owns it. Files of
+  // the system (root-owned, outside those trees) never wait for the scan.
+  bool mayLinkHidden(const std::string& path, const struct stat& st) const {
+    for (const std::string& r : scan_roots_) {
+      if (path == r || (path.size() > r.size() && path.starts_with(r) && path[r.size()] == '/')) {
+        return true;
+      }
+    }
+    return st.st_uid == geteuid() && geteuid() != 0;
+  }
   void waitForScan() {
     std::unique_lock<std::mutex> lock(hidden_mu_);
     scan_cv_.wait(lock, [this] { return scan_done_; });
@@ -197,6 +209,7 @@ class View {
   std::condition_variable scan_cv_;
   bool scan_done_ = false;  // guarded by hidden_mu_
   std::thread scan_thread_;
+  std::vector<std::string> scan_roots_;  // read-write roots, then read-only roots in home
 
   fuse_session* se_ = nullptr;
   std::thread loop_;
@@ -309,7 +322,7 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
     }
     // A second name for a hidden file (a hard link made before or during the
     // session) is as hidden as the first.
-    if (S_ISREG(st.st_mode) && st.st_nlink > 1) {
+    if (S_ISREG(st.st_mode) && st.st_nlink > 1 && mayLinkHidden(path, st)) {
       waitForScan();
     }
     if (S_ISREG(st.st_mode) && st.st_nlink > 1 && hiddenInode(st.st_dev, st.st_ino)) {
@@ -916,13 +929,7 @@ void View::scanHiddenByGlob() {
   }
   std::vector<std::string> roots;
   if (any_glob) {
-    for (Access want : {Access::kReadWrite, Access::kReadOnly}) {
-      for (const auto& pp : policy_.pathPrefixes()) {
-        if (pp.access == want && !pp.glob && pp.prefix != "/") {
-          roots.push_back(pp.prefix);
-        }
-      }
-    }
+    roots = scan_roots_;
   }
   size_t budget = 300000;
   std::unordered_set<std::string> done;
@@ -1232,6 +1239,16 @@ Error View::start() {
   empty_dir_fd_ = ::open(tmpl, O_PATH | O_DIRECTORY | O_CLOEXEC);
 
   scanHidden();
+  std::string home = policy_.context().home;
+  for (Access want : {Access::kReadWrite, Access::kReadOnly}) {
+    for (const auto& pp : policy_.pathPrefixes()) {
+      bool in_home = !home.empty() && (pp.prefix == home || pp.prefix.starts_with(home + "/"));
+      if (pp.access == want && !pp.glob && pp.prefix != "/" &&
+          (want == Access::kReadWrite || in_home)) {
+        scan_roots_.push_back(pp.prefix);
+      }
+    }
+  }
   scan_thread_ = std::thread([this] { scanHiddenByGlob(); });
 
   static const fuse_lowlevel_ops ops = makeOps();
