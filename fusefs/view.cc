@@ -193,6 +193,7 @@ class View {
     scan_cv_.wait(lock, [this] { return scan_done_; });
   }
   void replyEntry(fuse_req_t req, Node* n, const struct stat& st);
+  void replyNegative(fuse_req_t req, double timeout);
   void dropLocked(Node* n, uint64_t count);
 
   const policy::Policy& policy_;
@@ -273,6 +274,15 @@ int View::checkWrite(fuse_req_t req, const std::string& path, const Verdict& v,
   return 0;
 }
 
+// replyNegative answers ENOENT in a form the kernel may cache for TIMEOUT
+// seconds (a zero node id); a create through the view replaces it at once.
+void View::replyNegative(fuse_req_t req, double timeout) {
+  fuse_entry_param e{};
+  e.ino = 0;
+  e.entry_timeout = timeout;
+  fuse_reply_entry(req, &e);
+}
+
 void View::replyEntry(fuse_req_t req, Node* n, const struct stat& st) {
   fuse_entry_param e{};
   e.ino = reinterpret_cast<fuse_ino_t>(n);
@@ -305,7 +315,11 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
     }
   } else {
     if (fstatat(parent->fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-      fuse_reply_err(req, errno);
+      if (errno == ENOENT) {
+        replyNegative(req, timeoutFor(v));  // PATH and module searches ask again and again
+      } else {
+        fuse_reply_err(req, errno);
+      }
       return;
     }
     if (v.access == Access::kHidden) {
@@ -316,7 +330,7 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
           noteHidden(st.st_dev, st.st_ino);
         }
         audit(req, path, policy_.file(path, FileOp::kRead), "lookup");
-        fuse_reply_err(req, ENOENT);
+        replyNegative(req, kReadOnlyTimeout);  // hidden stays hidden: cache the answer
         return;
       }
     }
@@ -658,6 +672,10 @@ void View::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     return;
   }
   fi->fh = static_cast<uint64_t>(fd);
+  // Files the agent cannot change keep their page cache across opens (a
+  // library mapped by every process); others are re-read when reopened so a
+  // change made on the host shows.
+  fi->keep_cache = n->write_verdict.access != Access::kReadWrite ? 1 : 0;
   fuse_reply_open(req, fi);
 }
 
@@ -1297,7 +1315,9 @@ Error View::start() {
   loop_ = std::thread([this] {
     fuse_loop_config* cfg = fuse_loop_cfg_create();
     fuse_loop_cfg_set_max_threads(cfg, opts_.threads);
-    fuse_loop_cfg_set_idle_threads(cfg, 2);
+    // Keep the workers: creating a thread per burst of requests costs more
+    // than the requests.
+    fuse_loop_cfg_set_idle_threads(cfg, opts_.threads);
     fuse_loop_cfg_set_clone_fd(cfg, 0);
     // 0 means the kernel ended the connection (every mount of the view is
     // gone, as when the session ends); anything else is a failure.
