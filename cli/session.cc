@@ -129,26 +129,46 @@ int runSession(const SessionOptions& options) {
     return refuse("--audit-allowed must be none, writes or first");
   }
 
-  std::string audit_path = options.audit_file.empty() ? policy::defaultAuditPath()
-                                                      : options.audit_file;
-  auto sink_or = policy::FileAuditSink::open(audit_path);
-  if (!sink_or.ok()) {
-    return refuse("cannot open the audit log: " + sink_or.error().message());
+  policy::Verdict cwd = p.file(ctx.project, policy::FileOp::kRead);
+  if (!cwd.allowed() && !p.revealsBelow(ctx.project)) {
+    return refuse("the working directory " + ctx.project + " is hidden by rule " +
+                  std::string(cwd.rule.id) + " (" + cwd.rule.source() + ")");
   }
-  std::unique_ptr<policy::FileAuditSink> sink = std::move(sink_or.value());
 
-  phase("audit log open");
   AuditEvent base;
   base.session = policy::newSessionId();
   base.user = ctx.user;
   base.groups = ctx.groups;
   base.host = ctx.host;
 
-  policy::Verdict cwd = p.file(ctx.project, policy::FileOp::kRead);
-  if (!cwd.allowed() && !p.revealsBelow(ctx.project)) {
-    return refuse("the working directory " + ctx.project + " is hidden by rule " +
-                  std::string(cwd.rule.id) + " (" + cwd.rule.source() + ")");
+  std::string audit_path = options.audit_file.empty() ? policy::defaultAuditPath()
+                                                      : options.audit_file;
+  // The view is served by a process of its own: guard outlives it to report
+  // its death and end the session, and the jail is forked from a process
+  // that holds no serving threads.
+  std::string mnt = runtimeDir() + "/guard-" + base.session;
+  if (mkdir(mnt.c_str(), 0700) != 0) {
+    return refuse("cannot create " + mnt + ": " + strerror(errno));
   }
+  fusefs::ViewOptions vopts;
+  vopts.mountpoint = mnt;
+  vopts.allowed_audit = allowed;
+  vopts.audit_base = base;
+  auto view_or = fusefs::spawnView(p, audit_path, vopts);
+  if (!view_or.ok()) {
+    rmdir(mnt.c_str());
+    return refuse(view_or.error().message());
+  }
+  fusefs::ViewProcess view = view_or.value();
+  phase("view mounted");
+
+  auto sink_or = policy::FileAuditSink::open(audit_path);
+  if (!sink_or.ok()) {
+    fusefs::stopView(&view);
+    rmdir(mnt.c_str());
+    return refuse("cannot open the audit log: " + sink_or.error().message());
+  }
+  std::unique_ptr<policy::FileAuditSink> sink = std::move(sink_or.value());
 
   std::string cmdline;
   for (const std::string& a : options.command) {
@@ -165,26 +185,6 @@ int runSession(const SessionOptions& options) {
   std::vector<std::string> env = agentEnvironment(p, sink.get(), base);
 
   phase("environment decided");
-  std::string mnt = runtimeDir() + "/guard-" + base.session;
-  if (mkdir(mnt.c_str(), 0700) != 0) {
-    return refuse("cannot create " + mnt + ": " + strerror(errno));
-  }
-  fusefs::ViewOptions vopts;
-  vopts.mountpoint = mnt;
-  vopts.allowed_audit = allowed;
-  vopts.audit_base = base;
-  auto view_or = fusefs::mountView(p, sink.get(), vopts);
-  if (!view_or.ok()) {
-    rmdir(mnt.c_str());
-    AuditEvent e = event(base, "session", "exit", cmdline, "setup_error");
-    e.reason = view_or.error().message();
-    sink->emit(std::move(e));
-    sink->flush();
-    return refuse(view_or.error().message());
-  }
-  std::unique_ptr<fusefs::ViewHandle> view = std::move(view_or.value());
-
-  phase("view mounted");
   vmhost::JailSpec spec;
   spec.argv = options.command;
   spec.env = env;
@@ -211,16 +211,19 @@ int runSession(const SessionOptions& options) {
   signal(SIGTSTP, SIG_IGN);
 
   Error detach_error;
-  auto rc = vmhost::runJail(spec, [&] {
-    phase("jail rooted in the view");
-    detach_error = view->detachHostMount();
-  });
+  bool view_died = false;
+  auto rc = vmhost::runJail(
+      spec,
+      [&] {
+        phase("jail rooted in the view");
+        detach_error = fusefs::detachView(view);
+      },
+      view.pid, &view_died);
   phase("agent exited");
-  bool view_failed = view->failed();
-  view.reset();
+  Error view_error = fusefs::stopView(&view);
   rmdir(mnt.c_str());
-
   phase("view stopped");
+
   int code = 0;
   AuditEvent done = event(base, "session", "exit", cmdline, "ok");
   if (!rc.ok()) {
@@ -235,11 +238,12 @@ int runSession(const SessionOptions& options) {
       done.decision = "signaled";
     }
   }
-  if (view_failed) {
+  if (view_died || !view_error.ok()) {
     done.decision = "internal_error";
-    done.reason = "the filesystem view stopped serving";
-    std::fprintf(stderr, "guard: the filesystem view stopped serving; the agent lost access\n");
-    code = code == 0 ? kSetupFailed : code;
+    done.reason = view_error.ok() ? "the filesystem view died" : view_error.message();
+    std::fprintf(stderr, "guard: %s; the session was ended (the agent never sees the host)\n",
+                 done.reason.c_str());
+    code = kSetupFailed;
   }
   if (!detach_error.ok()) {
     std::fprintf(stderr, "guard: warning: %s\n", detach_error.message().c_str());

@@ -17,7 +17,9 @@
 #include <fuse_lowlevel.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -1398,6 +1400,117 @@ Result<std::unique_ptr<ViewHandle>> mountView(const policy::Policy& policy,
     return e;
   }
   return std::make_unique<ViewHandle>(std::move(view));
+}
+
+Result<ViewProcess> spawnView(const policy::Policy& policy, const std::string& audit_path,
+                              const ViewOptions& options) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    int e = errno;
+    return Error(ErrorCode::kIo, std::string("socketpair: ") + strerror(e), e);
+  }
+  pid_t pid = fork();
+  if (pid < 0) {
+    int e = errno;
+    close(sv[0]);
+    close(sv[1]);
+    return Error(ErrorCode::kIo, std::string("fork: ") + strerror(e), e);
+  }
+  if (pid == 0) {
+    close(sv[0]);
+    int ctl = sv[1];
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // The terminal's signals are for the agent; guard decides when to stop.
+    signal(SIGINT, SIG_IGN);
+    signal(SIGQUIT, SIG_IGN);
+    signal(SIGTSTP, SIG_IGN);
+    auto reply = [&](const std::string& m) {
+      ssize_t n = write(ctl, m.data(), m.size());
+      (void)n;
+    };
+    auto sink = policy::FileAuditSink::open(audit_path);
+    if (!sink.ok()) {
+      reply("E" + sink.error().message());
+      _exit(1);
+    }
+    auto handle = mountView(policy, sink.value().get(), options);
+    if (!handle.ok()) {
+      reply("E" + handle.error().message());
+      _exit(1);
+    }
+    reply("R");
+    char c;
+    for (;;) {
+      ssize_t n = read(ctl, &c, 1);
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n <= 0) {
+        break;  // guard closed the channel: the session is over
+      }
+      if (c == 'D') {
+        Error e = handle.value()->detachHostMount();
+        reply(e.ok() ? "d" : "E" + e.message());
+      }
+    }
+    bool failed = handle.value()->failed();
+    handle.value().reset();
+    Error flushed = sink.value()->flush();
+    _exit(failed || !flushed.ok() ? 1 : 0);
+  }
+  close(sv[1]);
+  char buf[1024];
+  ssize_t n;
+  do {
+    n = read(sv[0], buf, sizeof(buf));
+  } while (n < 0 && errno == EINTR);
+  if (n == 1 && buf[0] == 'R') {
+    return ViewProcess{pid, sv[0]};
+  }
+  close(sv[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (n > 1 && buf[0] == 'E') {
+    return Error(ErrorCode::kIo, std::string(buf + 1, static_cast<size_t>(n - 1)));
+  }
+  return Error(ErrorCode::kIo, "the filesystem view process failed to start");
+}
+
+Error detachView(const ViewProcess& view) {
+  if (write(view.control_fd, "D", 1) != 1) {
+    int e = errno;
+    return Error(ErrorCode::kIo, std::string("the filesystem view is gone: ") + strerror(e), e);
+  }
+  char buf[512];
+  ssize_t n;
+  do {
+    n = read(view.control_fd, buf, sizeof(buf));
+  } while (n < 0 && errno == EINTR);
+  if (n == 1 && buf[0] == 'd') {
+    return Error();
+  }
+  return Error(ErrorCode::kIo, n > 1 ? std::string(buf + 1, static_cast<size_t>(n - 1))
+                                     : "the filesystem view is gone");
+}
+
+Error stopView(ViewProcess* view) {
+  if (view->pid < 0) {
+    return Error();
+  }
+  close(view->control_fd);
+  view->control_fd = -1;
+  int status = 0;
+  while (waitpid(view->pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  view->pid = -1;
+  if (WIFSIGNALED(status)) {
+    return Error(ErrorCode::kInternal, std::string("the filesystem view died (") +
+                                           strsignal(WTERMSIG(status)) + ")");
+  }
+  if (WEXITSTATUS(status) != 0) {
+    return Error(ErrorCode::kInternal, "the filesystem view failed while serving");
+  }
+  return Error();
 }
 
 }  // namespace guard::fusefs

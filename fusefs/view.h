@@ -63,6 +63,29 @@ class ViewHandle {
   std::unique_ptr<View> view_;
 };
 
+// ViewProcess is a view served by a process of its own, so that guard
+// outlives it and can report its death, and so that the process that
+// starts the jail holds no serving threads.
+struct ViewProcess {
+  pid_t pid = -1;
+  int control_fd = -1;  // closing it stops the view
+};
+
+// spawnView forks a process that writes its own audit events to
+// AUDIT_PATH (appending whole lines, like the caller's sink), mounts the view
+// at options.mountpoint and serves it. Returns once the view is mounted, or
+// the child's error. Call it before the caller starts any thread.
+Result<ViewProcess> spawnView(const policy::Policy& policy, const std::string& audit_path,
+                              const ViewOptions& options);
+
+// detachView asks the view process to lazily unmount the host mountpoint
+// (the jail holds its own copy by then).
+Error detachView(const ViewProcess& view);
+
+// stopView closes the control channel and waits for the view process;
+// returns an error when it died on its own or failed.
+Error stopView(ViewProcess* view);
+
 // mountView mounts the view at options.mountpoint and starts serving it on
 // background threads. POLICY and SINK must outlive the handle. Returns kIo
 // with a clear message when /dev/fuse or the mount is unavailable.

@@ -541,7 +541,8 @@ bool userNamespacesAvailable(std::string* reason) {
   return false;
 }
 
-Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted) {
+Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted, pid_t watch,
+                    bool* watch_died) {
   int pipefd[2];
   if (pipe2(pipefd, O_CLOEXEC) != 0) {
     int e = errno;
@@ -598,7 +599,30 @@ Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted
   }
   close(pipefd[0]);
   int status = 0;
-  while (waitpid(outer, &status, 0) < 0 && errno == EINTR) {
+  for (;;) {
+    // WNOWAIT: notice the watched process's death without reaping it.
+    siginfo_t info {};
+    if (waitid(P_ALL, 0, &info, WEXITED | WNOWAIT) != 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      break;
+    }
+    if (info.si_pid == outer) {
+      while (waitpid(outer, &status, 0) < 0 && errno == EINTR) {
+      }
+      break;
+    }
+    if (info.si_pid == watch && watch > 0) {
+      if (watch_died != nullptr) {
+        *watch_died = true;
+      }
+      kill(outer, SIGKILL);  // the agent must not go on without the view
+      while (waitpid(outer, &status, 0) < 0 && errno == EINTR) {
+      }
+      break;
+    }
+    waitpid(info.si_pid, nullptr, 0);  // some other child of guard's
   }
   g_child = 0;
   for (int sig : {SIGTERM, SIGHUP, SIGUSR1, SIGUSR2}) {

@@ -50,7 +50,12 @@ const char* jailStepName(JailStep step);
 // The calling process may be multi-threaded (the view serves from threads):
 // the jail is started with fork(2), and the child never takes a lock another
 // thread could hold.
-Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted);
+//
+// WATCH (optional) is a process the jail depends on, such as the one that
+// serves the view: if it dies first, the jail is killed (fail closed) and
+// *WATCH_DIED is set. It is left unreaped for its owner.
+Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted,
+                    pid_t watch = -1, bool* watch_died = nullptr);
 
 // userNamespacesAvailable probes, by trying, whether this process may create
 // a user namespace; on false REASON says what is missing.

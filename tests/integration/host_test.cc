@@ -1673,5 +1673,56 @@ TEST_CASE("host (unprivileged): mount and new namespaces are refused", "[integra
   checkMountRefused(As::kUnprivileged, u);
 }
 
+TEST_CASE("host: if the filesystem view dies the agent loses access and guard ends the session",
+          "[integration][host]") {
+  Workspace w;
+  Child c;
+  w.start(&c,
+          "touch ready\n"
+          "i=0\n"
+          "while [ $i -lt 300 ]; do\n"
+          "  ls / >/dev/null 2>&1 && echo seen >> project-log\n"
+          "  i=$((i+1)); sleep 0.02\n"
+          "done\n");
+  REQUIRE(waitFor(w.at("ready")));
+  // guard's children are the view process and the jail; the view is the
+  // one holding /dev/fuse.
+  pid_t view = -1;
+  for (int tries = 0; tries < 50 && view < 0; ++tries) {
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+      std::string pid = entry.path().filename();
+      if (pid.find_first_not_of("0123456789") != std::string::npos) {
+        continue;
+      }
+      std::string fds = "/proc/" + pid + "/fd";
+      std::error_code ec;
+      for (const auto& fd : fs::directory_iterator(fds, ec)) {
+        std::error_code ec2;
+        if (fs::read_symlink(fd.path(), ec2) == "/dev/fuse") {
+          std::string status = readFile("/proc/" + pid + "/cmdline");
+          if (status.find(w.audit) != std::string::npos) {
+            view = std::stoi(pid);
+          }
+          break;
+        }
+      }
+      if (view > 0) {
+        break;
+      }
+    }
+    if (view < 0) {
+      sleepMs(50);
+    }
+  }
+  REQUIRE(view > 0);
+  REQUIRE(kill(view, SIGKILL) == 0);
+  Run r = c.finish();
+  INFO(r.err);
+  CHECK(r.status == 1);  // guard's own failure, not the agent's status
+  CHECK(r.err.find("the filesystem view died") != std::string::npos);
+  std::string audit = readFile(w.audit);
+  CHECK(audit.find("\"decision\":\"internal_error\"") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace guard::testing
