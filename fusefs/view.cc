@@ -18,6 +18,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -203,6 +204,7 @@ class View {
   ViewOptions opts_;
   Node root_;
   int empty_dir_fd_ = -1;  // what synthetic directories show
+  std::vector<std::pair<std::string, int>> overlay_fds_;  // path -> sealed memfd
   std::string empty_dir_;
 
   std::mutex mu_;  // guards the node tree: children maps, parent/name, nlookup
@@ -310,7 +312,18 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
                                           !policy_.revealsBelow(path)));
   struct stat st {};
   bool traverse = false;
-  if (synthetic) {
+  int overlay_fd = -1;
+  for (const auto& [opath, ofd] : overlay_fds_) {
+    if (opath == path) {
+      overlay_fd = ofd;
+    }
+  }
+  if (overlay_fd >= 0) {
+    if (fstat(overlay_fd, &st) != 0) {
+      fuse_reply_err(req, errno);
+      return;
+    }
+  } else if (synthetic) {
     if (fstat(empty_dir_fd_, &st) != 0) {
       fuse_reply_err(req, errno);
       return;
@@ -351,13 +364,14 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
       return;
     }
   }
-  int fd = synthetic ? dup(empty_dir_fd_)
-                     : openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  int fd = overlay_fd >= 0 ? dup(overlay_fd)
+           : synthetic     ? dup(empty_dir_fd_)
+                           : openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) {
     fuse_reply_err(req, errno);
     return;
   }
-  if (!synthetic) {
+  if (!synthetic && overlay_fd < 0) {
     struct stat st2 {};
     if (fstatat(fd, "", &st2, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0 ||
         st2.st_ino != st.st_ino || st2.st_dev != st.st_dev) {
@@ -398,7 +412,7 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
     }
     n->traverse_only = traverse;
     n->write_verdict = synthetic ? Verdict{} : v;
-    if (synthetic) {
+    if (synthetic || overlay_fd >= 0) {
       n->write_verdict.decision = Decision::kDeny;
       n->write_verdict.access = Access::kReadOnly;
     }
@@ -1258,6 +1272,17 @@ Error View::start() {
   chmod(tmpl, 0555);
   empty_dir_fd_ = ::open(tmpl, O_PATH | O_DIRECTORY | O_CLOEXEC);
 
+  for (const auto& [path, content] : opts_.overlays) {
+    int mfd = memfd_create("guard-overlay", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (mfd < 0 || write(mfd, content.data(), content.size()) !=
+                       static_cast<ssize_t>(content.size()) ||
+        fchmod(mfd, 0444) != 0 ||
+        fcntl(mfd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
+      int e = errno;
+      return Error(ErrorCode::kIo, "cannot prepare " + path + ": " + strerror(e), e);
+    }
+    overlay_fds_.emplace_back(path, mfd);
+  }
   scanHidden();
   std::string home = policy_.context().home;
   for (Access want : {Access::kReadWrite, Access::kReadOnly}) {

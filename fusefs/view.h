@@ -32,6 +32,11 @@ struct ViewOptions {
   // mount on: served from the host when the policy shows them, shown empty
   // (like synthetic ones) when it hides them.
   std::vector<std::string> mountpoints = {"/tmp"};
+  // overlays are files the view serves, read-only, instead of the host's:
+  // absolute path -> content. The session's CA is appended to the CA bundle
+  // this way, so the agent trusts it with no per-tool setup. The path must
+  // already exist on the host (the overlay replaces a file, it adds none).
+  std::vector<std::pair<std::string, std::string>> overlays;
   AllowedAudit allowed_audit = AllowedAudit::kWrites;
   // audit_base is copied into every event (session, user, groups, host).
   policy::AuditEvent audit_base;
