@@ -199,6 +199,14 @@ int main(int argc, char** argv) {
       "  guard policy explain net github.com  which rule decides, and why\n",
       "guard"};
   app.set_version_flag("--version", "guard 0.1.0");
+  app.footer(
+      "\nExit status: the command's own (128+N when killed by signal N); 1 when guard\n"
+      "refuses (a policy error, an untrusted project policy) or cannot set the session\n"
+      "up; 2 for usage errors. guard never runs a command unconfined.\n\n"
+      "Policy layers: /etc/guard/org.yaml, /etc/guard/groups/<group>.yaml,\n"
+      "~/.config/guard/policy.yaml, ./.guard.yaml (after `guard policy trust`);\n"
+      "the embedded default (`guard policy default`) when there is no org layer.\n"
+      "Language and merge rules: docs/policy.md. Security model: docs/security.md.");
   std::vector<std::string> policy_files;
   std::string audit_file;
   int verbosity = 0;
