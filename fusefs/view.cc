@@ -20,6 +20,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -82,10 +83,32 @@ struct Node {
   bool is_dir = false;
   bool traverse_only = false;  // hidden directory shown bare, to reach visible descendants
   bool synthetic = false;      // a mount point the jail covers
+  bool overlay = false;        // served from a memfd (ViewOptions::overlays)
   Verdict write_verdict;       // the policy's answer for writing this path
   std::atomic<bool> audited_write{false};
   std::atomic<bool> audited_any{false};
   std::unordered_map<std::string, Node*> children;
+};
+
+// NodeFd is an O_PATH descriptor for one call: the node's own (directories,
+// overlays) or one opened from its parent and checked to be the same object.
+class NodeFd {
+ public:
+  NodeFd(int fd, bool owned, int err) : fd_(fd), owned_(owned), err_(err) {}
+  ~NodeFd() {
+    if (owned_ && fd_ >= 0) {
+      close(fd_);
+    }
+  }
+  NodeFd(const NodeFd&) = delete;
+  NodeFd& operator=(const NodeFd&) = delete;
+  int get() const { return fd_; }
+  int err() const { return err_; }  // 0, or the errno to reply when get() < 0
+
+ private:
+  int fd_;
+  bool owned_;
+  int err_;
 };
 
 struct DirHandle {
@@ -110,7 +133,7 @@ class View {
   void init(fuse_conn_info* conn);
   void lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
   void forget(fuse_ino_t ino, uint64_t n);
-  void getattr(fuse_req_t req, fuse_ino_t ino);
+  void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
                fuse_file_info* fi);
   void readlink(fuse_req_t req, fuse_ino_t ino);
@@ -196,6 +219,7 @@ class View {
     scan_cv_.wait(lock, [this] { return scan_done_; });
   }
   void replyEntry(fuse_req_t req, Node* n, const struct stat& st);
+  NodeFd fdOf(Node* n);
   void replyNegative(fuse_req_t req, double timeout);
   void dropLocked(Node* n, uint64_t count);
 
@@ -223,6 +247,33 @@ class View {
   std::atomic<bool> stopping_{false};
   bool host_mounted_ = false;
 };
+
+NodeFd View::fdOf(Node* n) {
+  if (n->fd >= 0) {
+    return NodeFd(n->fd, false, 0);
+  }
+  Node* parent;
+  std::string name;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    parent = n->parent;
+    name = n->name;
+  }
+  if (parent == nullptr) {
+    return NodeFd(-1, false, ESTALE);  // removed or replaced since it was looked up
+  }
+  int fd = openat(parent->fd, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    return NodeFd(-1, false, errno == ENOENT ? ESTALE : errno);
+  }
+  struct stat st {};
+  if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0 || st.st_dev != n->dev ||
+      st.st_ino != n->ino) {
+    close(fd);
+    return NodeFd(-1, false, ESTALE);  // the name now holds another object
+  }
+  return NodeFd(fd, true, 0);
+}
 
 std::string View::pathOfLocked(const Node* n) const {
   if (n == &root_) {
@@ -395,13 +446,21 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
         fuse_reply_err(req, ENOMEM);
         return;
       }
-      n->fd = fd;
       n->parent = parent;
       n->name = name;
       n->dev = st.st_dev;
       n->ino = st.st_ino;
       n->is_dir = S_ISDIR(st.st_mode);
       n->synthetic = synthetic;
+      n->overlay = overlay_fd >= 0;
+      // Directories keep a descriptor (children are opened relative to it);
+      // other nodes reopen from their parent when asked, so a tree of any
+      // size costs no descriptor per file.
+      if (n->is_dir || n->synthetic || n->overlay) {
+        n->fd = fd;
+      } else {
+        close(fd);
+      }
       if (it != parent->children.end()) {
         it->second->parent = nullptr;  // the old object is gone from this name
         it->second = n;
@@ -445,7 +504,9 @@ void View::dropLocked(Node* n, uint64_t count) {
     for (auto& [child_name, child] : n->children) {
       child->parent = nullptr;  // cannot happen: a child holds a count on us
     }
-    close(n->fd);
+    if (n->fd >= 0) {
+      close(n->fd);
+    }
     delete n;
     n = parent;
     count = 1;  // release the count the child held on its parent
@@ -457,12 +518,24 @@ void View::forget(fuse_ino_t ino, uint64_t n) {
   dropLocked(node(ino), n);
 }
 
-void View::getattr(fuse_req_t req, fuse_ino_t ino) {
+void View::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Node* n = node(ino);
   struct stat st {};
-  if (fstatat(n->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
-    fuse_reply_err(req, errno);
-    return;
+  if (fi != nullptr) {
+    if (fstat(static_cast<int>(fi->fh), &st) != 0) {
+      fuse_reply_err(req, errno);
+      return;
+    }
+  } else {
+    NodeFd fd = fdOf(n);
+    if (fd.get() < 0) {
+      fuse_reply_err(req, fd.err());
+      return;
+    }
+    if (fstatat(fd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
+      fuse_reply_err(req, errno);
+      return;
+    }
   }
   if (n->traverse_only) {
     st.st_mode = (st.st_mode & ~07777) | 0555;
@@ -486,7 +559,12 @@ void View::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set
     fuse_reply_err(req, err);
     return;
   }
-  std::string proc = procPath(n->fd);
+  NodeFd nfd = fdOf(n);
+  if (nfd.get() < 0) {
+    fuse_reply_err(req, nfd.err());
+    return;
+  }
+  std::string proc = procPath(nfd.get());
   int rc = 0;
   if (to_set & FUSE_SET_ATTR_MODE) {
     rc = fi != nullptr ? fchmod(static_cast<int>(fi->fh), attr->st_mode)
@@ -495,7 +573,7 @@ void View::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set
   if (rc == 0 && (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
     uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : static_cast<uid_t>(-1);
     gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : static_cast<gid_t>(-1);
-    rc = fchownat(n->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+    rc = fchownat(nfd.get(), "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   }
   if (rc == 0 && (to_set & FUSE_SET_ATTR_SIZE)) {
     rc = fi != nullptr ? ftruncate(static_cast<int>(fi->fh), attr->st_size)
@@ -524,12 +602,17 @@ void View::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set
     fuse_reply_err(req, errno);
     return;
   }
-  getattr(req, ino);
+  getattr(req, ino, fi);
 }
 
 void View::readlink(fuse_req_t req, fuse_ino_t ino) {
   char buf[PATH_MAX + 1];
-  ssize_t len = readlinkat(node(ino)->fd, "", buf, sizeof(buf));
+  NodeFd fd = fdOf(node(ino));
+  if (fd.get() < 0) {
+    fuse_reply_err(req, fd.err());
+    return;
+  }
+  ssize_t len = readlinkat(fd.get(), "", buf, sizeof(buf));
   if (len < 0) {
     fuse_reply_err(req, errno);
     return;
@@ -655,7 +738,12 @@ void View::link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent_ino, const 
     fuse_reply_err(req, err);
     return;
   }
-  std::string proc = procPath(n->fd);
+  NodeFd nfd = fdOf(n);
+  if (nfd.get() < 0) {
+    fuse_reply_err(req, nfd.err());
+    return;
+  }
+  std::string proc = procPath(nfd.get());
   if (linkat(AT_FDCWD, proc.c_str(), newparent->fd, newname, AT_SYMLINK_FOLLOW) != 0) {
     fuse_reply_err(req, errno);
     return;
@@ -682,7 +770,12 @@ void View::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (opts_.allowed_audit == AllowedAudit::kFirst && !writes && !n->audited_any.exchange(true)) {
     audit(req, pathOf(n), policy_.file(pathOf(n), FileOp::kRead), "open");
   }
-  int fd = ::open(procPath(n->fd).c_str(), (fi->flags & ~(O_NOFOLLOW | O_CREAT)) | O_CLOEXEC);
+  NodeFd nfd = fdOf(n);
+  if (nfd.get() < 0) {
+    fuse_reply_err(req, nfd.err());
+    return;
+  }
+  int fd = ::open(procPath(nfd.get()).c_str(), (fi->flags & ~(O_NOFOLLOW | O_CREAT)) | O_CLOEXEC);
   if (fd < 0) {
     fuse_reply_err(req, errno);
     return;
@@ -692,6 +785,8 @@ void View::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // library mapped by every process); others are re-read when reopened so a
   // change made on the host shows.
   fi->keep_cache = n->write_verdict.access != Access::kReadWrite ? 1 : 0;
+  // A descriptor that cannot write has nothing to flush on close.
+  fi->noflush = writes ? 0 : 1;
   fuse_reply_open(req, fi);
 }
 
@@ -733,7 +828,7 @@ void View::create(fuse_req_t req, fuse_ino_t parent_ino, const char* name, mode_
       close(pfd);
     } else {
       n = new Node;
-      n->fd = pfd;
+      close(pfd);  // files reopen from their parent when asked
       n->parent = parent;
       n->name = name;
       n->dev = st.st_dev;
@@ -841,7 +936,12 @@ void View::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
 
 void View::statfs(fuse_req_t req, fuse_ino_t ino) {
   struct statvfs s {};
-  if (fstatvfs(node(ino)->fd, &s) != 0) {
+  NodeFd fd = fdOf(node(ino));
+  if (fd.get() < 0) {
+    fuse_reply_err(req, fd.err());
+    return;
+  }
+  if (fstatvfs(fd.get(), &s) != 0) {
     fuse_reply_err(req, errno);
     return;
   }
@@ -859,7 +959,12 @@ void View::setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char
     fuse_reply_err(req, err);
     return;
   }
-  int rc = ::setxattr(procPath(n->fd).c_str(), name, value, size, flags);
+  NodeFd nfd = fdOf(n);
+  if (nfd.get() < 0) {
+    fuse_reply_err(req, nfd.err());
+    return;
+  }
+  int rc = ::setxattr(procPath(nfd.get()).c_str(), name, value, size, flags);
   fuse_reply_err(req, rc == 0 ? 0 : errno);
 }
 
@@ -873,13 +978,23 @@ void View::removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
     fuse_reply_err(req, err);
     return;
   }
-  int rc = ::removexattr(procPath(n->fd).c_str(), name);
+  NodeFd nfd = fdOf(n);
+  if (nfd.get() < 0) {
+    fuse_reply_err(req, nfd.err());
+    return;
+  }
+  int rc = ::removexattr(procPath(nfd.get()).c_str(), name);
   fuse_reply_err(req, rc == 0 ? 0 : errno);
 }
 
 void View::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   Node* n = node(ino);
-  std::string proc = procPath(n->fd);
+  NodeFd nfd = fdOf(n);
+  if (nfd.get() < 0) {
+    fuse_reply_err(req, nfd.err());
+    return;
+  }
+  std::string proc = procPath(nfd.get());
   if (size == 0) {
     ssize_t len = ::getxattr(proc.c_str(), name, nullptr, 0);
     len < 0 ? fuse_reply_err(req, errno) : fuse_reply_xattr(req, static_cast<size_t>(len));
@@ -892,7 +1007,12 @@ void View::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t siz
 
 void View::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   Node* n = node(ino);
-  std::string proc = procPath(n->fd);
+  NodeFd nfd = fdOf(n);
+  if (nfd.get() < 0) {
+    fuse_reply_err(req, nfd.err());
+    return;
+  }
+  std::string proc = procPath(nfd.get());
   if (size == 0) {
     ssize_t len = ::listxattr(proc.c_str(), nullptr, 0);
     len < 0 ? fuse_reply_err(req, errno) : fuse_reply_xattr(req, static_cast<size_t>(len));
@@ -913,6 +1033,12 @@ void View::init(fuse_conn_info* conn) {
   }
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) {
     conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  }
+  if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) {
+    conn->want |= FUSE_CAP_CACHE_SYMLINKS;  // symlinks change only through the view or the host
+  }
+  if (conn->capable & FUSE_CAP_HANDLE_KILLPRIV) {
+    conn->want |= FUSE_CAP_HANDLE_KILLPRIV;  // the host kernel clears suid bits on write itself
   }
   conn->want &= ~static_cast<unsigned>(FUSE_CAP_EXPORT_SUPPORT);
   conn->max_write = 1 << 20;
@@ -1104,7 +1230,9 @@ void opForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* f) {
   }
   fuse_reply_none(req);
 }
-void opGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) { self(req)->getattr(req, ino); }
+void opGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  self(req)->getattr(req, ino, fi);
+}
 void opSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
                fuse_file_info* fi) {
   guarded(req, [&] { self(req)->setattr(req, ino, attr, to_set, fi); });
@@ -1247,6 +1375,12 @@ fuse_lowlevel_ops makeOps() {
 }  // namespace
 
 Error View::start() {
+  // Directories hold a descriptor each while the kernel caches them.
+  struct rlimit lim {};
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &lim);
+  }
   root_.fd = ::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (root_.fd < 0) {
     int e = errno;
@@ -1302,6 +1436,7 @@ Error View::start() {
   const char* argv[] = {"guard", "-o", kMountOptions, nullptr};
   fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
   se_ = fuse_session_new(&args, &ops, sizeof(ops), this);
+  fuse_opt_free_args(&args);
   if (se_ == nullptr) {
     return Error(ErrorCode::kIo, "cannot create the FUSE session");
   }
@@ -1407,6 +1542,35 @@ void View::stop() {
   }
   fuse_session_destroy(se_);
   se_ = nullptr;
+  // Nodes the kernel still held at unmount: free them, children first.
+  std::vector<Node*> stack;
+  for (auto& [child_name, child] : root_.children) {
+    stack.push_back(child);
+  }
+  root_.children.clear();
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    for (auto& [child_name, child] : n->children) {
+      stack.push_back(child);
+    }
+    if (n->fd >= 0) {
+      close(n->fd);
+    }
+    delete n;
+  }
+  for (auto& [path, fd] : overlay_fds_) {
+    close(fd);
+  }
+  overlay_fds_.clear();
+  if (empty_dir_fd_ >= 0) {
+    close(empty_dir_fd_);
+    empty_dir_fd_ = -1;
+  }
+  if (root_.fd >= 0) {
+    close(root_.fd);
+    root_.fd = -1;
+  }
   if (!empty_dir_.empty()) {
     rmdir(empty_dir_.c_str());
   }

@@ -55,7 +55,8 @@ if [ ! -e "$out/obj/policy/default_policy.cc" ] ||
 fi
 
 # Library objects: instrumented for coverage (fuzzer-no-link). An object is
-# rebuilt when its source, any policy/ header or this script is newer.
+# rebuilt when its source, any policy/ header or this script is newer; a
+# failed compile leaves no object behind.
 newest_dep=$(ls -t policy/*.h scripts/fuzz.sh | head -n1)
 objs=()
 for src in policy/*.cc "$out/obj/policy/default_policy.cc"; do
@@ -68,17 +69,14 @@ for src in policy/*.cc "$out/obj/policy/default_policy.cc"; do
     wait -n || true
   done
   echo "fuzz.sh: compiling $src"
-  "$cxx" "${cppflags[@]}" "${cxxflags[@]}" -fsanitize=fuzzer-no-link -c "$src" -o "$obj.tmp" &&
-    mv "$obj.tmp" "$obj" &
+  rm -f "$obj"
+  { "$cxx" "${cppflags[@]}" "${cxxflags[@]}" -fsanitize=fuzzer-no-link -c "$src" -o "$obj.tmp" &&
+      mv "$obj.tmp" "$obj"; } || echo "fuzz.sh: compiling $src failed" >&2 &
 done
 wait || true
-# A failed compile leaves its object missing or older than its source.
 build_failed=0
-for src in policy/*.cc "$out/obj/policy/default_policy.cc"; do
-  obj="$out/obj/policy/$(basename "${src%.cc}").o"
-  if [ ! -e "$obj" ] || [ "$src" -nt "$obj" ] || [ "$newest_dep" -nt "$obj" ]; then
-    build_failed=1
-  fi
+for obj in "${objs[@]}"; do
+  [ -e "$obj" ] || build_failed=1
 done
 if [ "$build_failed" -ne 0 ]; then
   echo "fuzz.sh: building policy/ with $cxx failed" >&2

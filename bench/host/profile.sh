@@ -27,7 +27,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 command -v perf >/dev/null || { echo "profile.sh: perf is missing" >&2; exit 2; }
-perf list 2>/dev/null | grep -q fuse:fuse_request_send ||
+perf_events=$(perf list 2>/dev/null || true)
+grep -q fuse:fuse_request_send <<<"$perf_events" ||
   { echo "profile.sh: this kernel has no fuse:fuse_request_send tracepoint" >&2; exit 2; }
 
 work=$(mktemp -d /var/tmp/guard-prof-XXXXXX)
