@@ -109,8 +109,19 @@ fuzz:
 lint: all
 	scripts/lint.sh $(SHIM)
 
-# check: everything, ending with the suite's "N passed, N failed" line.
+# check: everything, ending with the suite's "N passed, N failed" line:
+# lint, fuzz corpus replay, unit and view tests under ASan/UBSan, each
+# libFuzzer target for CHECK_FUZZ_SECONDS, both benchmarks in smoke mode,
+# then every test.
+CHECK_FUZZ_SECONDS ?= 30
 check: all $(TESTS) lint fuzz-replay
+ifeq ($(SAN),)
+	$(MAKE) SAN=address,undefined build-san/guard-tests
+	build-san/guard-tests "[unit],[view]" | tail -n 1
+	scripts/fuzz.sh $(CHECK_FUZZ_SECONDS)
+	$(MAKE) bench-smoke > /dev/null
+	bench/host/run.sh --smoke --guard $(GUARD) > /dev/null
+endif
 	GUARD_BIN=$(abspath $(GUARD)) $(TESTS)
 
 # san: `make check` built with ASan and UBSan into build-san/.

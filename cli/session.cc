@@ -55,7 +55,8 @@ void withRule(AuditEvent* e, const policy::Verdict& v) {
 }
 
 // agentEnvironment keeps the host variables the policy lets through, then
-// adds the policy's `set` values. Every decision is audited.
+// sets the policy's `env.set` values (overriding host ones). Every decision
+// is audited.
 std::vector<std::string> agentEnvironment(const policy::Policy& p, policy::AuditSink* sink,
                                           const AuditEvent& base) {
   std::vector<std::string> env;
@@ -74,8 +75,11 @@ std::vector<std::string> agentEnvironment(const policy::Policy& p, policy::Audit
       env.push_back(kv);
     }
   }
-  for (const auto& layer : p.layers()) {
-    (void)layer;
+  for (const auto& [name, value] : p.envSet()) {
+    std::erase_if(env, [&](const std::string& kv) { return kv.rfind(name + "=", 0) == 0; });
+    env.push_back(name + "=" + value);
+    AuditEvent ev = event(base, "env", "set", name, "allow");
+    sink->emit(std::move(ev));
   }
   return env;
 }

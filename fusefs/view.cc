@@ -220,6 +220,12 @@ class View {
   }
   void replyEntry(fuse_req_t req, Node* n, const struct stat& st);
   NodeFd fdOf(Node* n);
+  // attachLocked returns PARENT's child NAME for the object ST, reusing the
+  // node when it is the same object and replacing it when not; FD (may be
+  // -1) is kept for directories, synthetic and overlay nodes, else closed.
+  // Returns null when out of memory. Callers hold mu_ and count the lookup.
+  Node* attachLocked(Node* parent, const char* name, const struct stat& st, int fd,
+                     bool synthetic, bool overlay);
   void replyNegative(fuse_req_t req, double timeout);
   void dropLocked(Node* n, uint64_t count);
 
@@ -242,7 +248,6 @@ class View {
 
   fuse_session* se_ = nullptr;
   std::thread loop_;
-  std::atomic<bool> loop_ended_{false};
   std::atomic<bool> loop_error_{false};
   std::atomic<bool> stopping_{false};
   bool host_mounted_ = false;
@@ -350,6 +355,48 @@ void View::replyEntry(fuse_req_t req, Node* n, const struct stat& st) {
   }
 }
 
+Node* View::attachLocked(Node* parent, const char* name, const struct stat& st, int fd,
+                         bool synthetic, bool overlay) {
+  auto it = parent->children.find(name);
+  if (it != parent->children.end() && it->second->dev == st.st_dev &&
+      it->second->ino == st.st_ino) {
+    if (fd >= 0) {
+      close(fd);
+    }
+    return it->second;
+  }
+  Node* n = new (std::nothrow) Node;
+  if (n == nullptr) {
+    if (fd >= 0) {
+      close(fd);
+    }
+    return nullptr;
+  }
+  n->parent = parent;
+  n->name = name;
+  n->dev = st.st_dev;
+  n->ino = st.st_ino;
+  n->is_dir = S_ISDIR(st.st_mode);
+  n->synthetic = synthetic;
+  n->overlay = overlay;
+  // Directories keep a descriptor (children are opened relative to it);
+  // other nodes reopen from their parent when asked, so a tree of any size
+  // costs no descriptor per file.
+  if (n->is_dir || synthetic || overlay) {
+    n->fd = fd;
+  } else if (fd >= 0) {
+    close(fd);
+  }
+  if (it != parent->children.end()) {
+    it->second->parent = nullptr;  // the old object is gone from this name
+    it->second = n;
+  } else {
+    parent->children.emplace(name, n);
+  }
+  ++parent->nlookup;  // a child keeps its parent alive
+  return n;
+}
+
 void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
   Node* parent = node(parent_ino);
   if (parent->synthetic || strcmp(name, "..") == 0 || strcmp(name, ".") == 0) {
@@ -434,40 +481,10 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
   Node* n = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = parent->children.find(name);
-    if (it != parent->children.end() && it->second->dev == st.st_dev &&
-        it->second->ino == st.st_ino) {
-      n = it->second;
-      close(fd);
-    } else {
-      n = new (std::nothrow) Node;
-      if (n == nullptr) {
-        close(fd);
-        fuse_reply_err(req, ENOMEM);
-        return;
-      }
-      n->parent = parent;
-      n->name = name;
-      n->dev = st.st_dev;
-      n->ino = st.st_ino;
-      n->is_dir = S_ISDIR(st.st_mode);
-      n->synthetic = synthetic;
-      n->overlay = overlay_fd >= 0;
-      // Directories keep a descriptor (children are opened relative to it);
-      // other nodes reopen from their parent when asked, so a tree of any
-      // size costs no descriptor per file.
-      if (n->is_dir || n->synthetic || n->overlay) {
-        n->fd = fd;
-      } else {
-        close(fd);
-      }
-      if (it != parent->children.end()) {
-        it->second->parent = nullptr;  // the old object is gone from this name
-        it->second = n;
-      } else {
-        parent->children.emplace(name, n);
-      }
-      ++parent->nlookup;  // a child keeps its parent alive
+    n = attachLocked(parent, name, st, fd, synthetic, overlay_fd >= 0);
+    if (n == nullptr) {
+      fuse_reply_err(req, ENOMEM);
+      return;
     }
     n->traverse_only = traverse;
     n->write_verdict = synthetic ? Verdict{} : v;
@@ -808,38 +825,20 @@ void View::create(fuse_req_t req, fuse_ino_t parent_ino, const char* name, mode_
     return;
   }
   struct stat st {};
-  int pfd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-  if (pfd < 0 || fstat(fd, &st) != 0) {
+  if (fstat(fd, &st) != 0) {
     int e = errno;
     close(fd);
-    if (pfd >= 0) {
-      close(pfd);
-    }
     fuse_reply_err(req, e);
     return;
   }
   Node* n = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = parent->children.find(name);
-    if (it != parent->children.end() && it->second->ino == st.st_ino &&
-        it->second->dev == st.st_dev) {
-      n = it->second;
-      close(pfd);
-    } else {
-      n = new Node;
-      close(pfd);  // files reopen from their parent when asked
-      n->parent = parent;
-      n->name = name;
-      n->dev = st.st_dev;
-      n->ino = st.st_ino;
-      if (it != parent->children.end()) {
-        it->second->parent = nullptr;
-        it->second = n;
-      } else {
-        parent->children.emplace(name, n);
-      }
-      ++parent->nlookup;
+    n = attachLocked(parent, name, st, -1, false, false);
+    if (n == nullptr) {
+      close(fd);
+      fuse_reply_err(req, ENOMEM);
+      return;
     }
     n->write_verdict = v;
     ++n->nlookup;
@@ -1486,7 +1485,6 @@ Error View::start() {
     int rc = fuse_session_loop_mt(se_, cfg);
     fuse_loop_cfg_destroy(cfg);
     loop_error_.store(rc != 0);
-    loop_ended_.store(true);
     if (rc != 0) {
       logger()->critical("the filesystem view stopped serving: {}", strerror(rc < 0 ? -rc : rc));
     }

@@ -3,6 +3,7 @@
 //
 // Nothing here allocates: names are normalised into stack buffers, matchers
 // take string views, and a Verdict only points into the Policy.
+#include <algorithm>
 #include <cstring>
 
 #include "policy/compiled.h"
@@ -423,6 +424,21 @@ bool Policy::renameKeepsDecisions(std::string_view from, std::string_view to) co
     }
   }
   return true;
+}
+
+std::vector<std::pair<std::string, std::string>> Policy::envSet() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& l : c_->layers) {
+    for (const auto& [name, value] : l->env_set) {
+      auto it = std::find_if(out.begin(), out.end(), [&](const auto& kv) { return kv.first == name; });
+      if (it != out.end()) {
+        it->second = value;
+      } else {
+        out.emplace_back(name, value);
+      }
+    }
+  }
+  return out;
 }
 
 const std::vector<Policy::PathPrefix>& Policy::pathPrefixes() const { return c_->prefixes; }

@@ -569,20 +569,6 @@ class Parser {
     return true;
   }
 
-  static bool inet_pton_strict(const std::string& s) {
-    // Only dotted quads count as IPv4 in a policy; "10" or "1.2" stay domains
-    // and fail there, rather than silently meaning 0.0.0.10.
-    int dots = 0;
-    for (char c : s) {
-      if (c == '.') {
-        ++dots;
-      } else if (c < '0' || c > '9') {
-        return false;
-      }
-    }
-    return dots == 3;
-  }
-
   void ports(const YAML::Node& n, std::vector<PortRange>* out) {
     std::vector<std::string> items;
     std::vector<Loc> locs;

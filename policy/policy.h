@@ -143,6 +143,10 @@ class Policy {
   // file, each file checked on its own.
   bool renameKeepsDecisions(std::string_view from, std::string_view to) const;
 
+  // envSet returns the variables the policy sets inside the session
+  // (`env.set`), merged over layers: a later layer's value wins.
+  std::vector<std::pair<std::string, std::string>> envSet() const;
+
   // env decides whether host variable NAME passes into the session.
   Verdict env(std::string_view name) const;
 

@@ -460,6 +460,7 @@ class Workspace {
         ro + "\", \"" + bin + "\"]\n" + extra_rules +
         "env:\n"
         "  default: deny\n"
+        "  set: {GUARD_SET: from-policy, TERM: set-by-policy}\n"
         "  rules:\n"
         "    - allow: [PATH, HOME, LANG, TERM]\n";
     writeText(policy, y);
@@ -879,8 +880,16 @@ TEST_CASE("host: only the variables the policy allows reach the command", "[inte
   INFO(env);
   CHECK(contains(env, std::string("PATH=") + kPath + "\n"));
   CHECK(contains(env, "LANG=C\n"));
-  CHECK(contains(env, "TERM=dumb\n"));
+  // env.set adds variables and overrides host ones.
+  CHECK(contains(env, "GUARD_SET=from-policy\n"));
+  CHECK(contains(env, "TERM=set-by-policy\n"));
+  CHECK_FALSE(contains(env, "TERM=dumb\n"));
   CHECK_FALSE(contains(env, "FOO_SECRET"));
+  // No process of the session, guard's own PID 1 included, shows guard's
+  // environment (which held the secret) in /proc/PID/environ.
+  std::string environ_dump = w.read("environ.txt");
+  CHECK_FALSE(contains(environ_dump, kSecret));
+  CHECK_FALSE(contains(environ_dump, "FOO_SECRET"));
   CHECK_FALSE(contains(env, "GUARD_SYSTEM_DIR"));
   CHECK_FALSE(contains(env, "XDG_CONFIG_HOME"));
   checkNoSecret(w, r);
