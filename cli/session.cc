@@ -75,10 +75,11 @@ std::vector<std::string> agentEnvironment(const policy::Policy& p, policy::Audit
       env.push_back(kv);
     }
   }
-  for (const auto& [name, value] : p.envSet()) {
-    std::erase_if(env, [&](const std::string& kv) { return kv.rfind(name + "=", 0) == 0; });
-    env.push_back(name + "=" + value);
-    AuditEvent ev = event(base, "env", "set", name, "allow");
+  for (const auto& set : p.envSet()) {
+    std::string prefix = set.first + "=";
+    std::erase_if(env, [&](const std::string& kv) { return kv.rfind(prefix, 0) == 0; });
+    env.push_back(prefix + set.second);
+    AuditEvent ev = event(base, "env", "set", set.first, "allow");
     sink->emit(std::move(ev));
   }
   return env;

@@ -429,12 +429,13 @@ bool Policy::renameKeepsDecisions(std::string_view from, std::string_view to) co
 std::vector<std::pair<std::string, std::string>> Policy::envSet() const {
   std::vector<std::pair<std::string, std::string>> out;
   for (const auto& l : c_->layers) {
-    for (const auto& [name, value] : l->env_set) {
-      auto it = std::find_if(out.begin(), out.end(), [&](const auto& kv) { return kv.first == name; });
+    for (const auto& set : l->env_set) {
+      auto it = std::find_if(out.begin(), out.end(),
+                             [&](const auto& kv) { return kv.first == set.first; });
       if (it != out.end()) {
-        it->second = value;
+        it->second = set.second;
       } else {
-        out.emplace_back(name, value);
+        out.push_back(set);
       }
     }
   }
