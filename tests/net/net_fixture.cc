@@ -3,8 +3,10 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -27,12 +29,15 @@ namespace fs = std::filesystem;
 constexpr int kStartTimeoutMs = 30000;
 constexpr int kStopTimeoutMs = 10000;
 
-bool executable(const std::string& path) { return access(path.c_str(), X_OK) == 0; }
+bool executable(const std::string &path) {
+  return access(path.c_str(), X_OK) == 0;
+}
 
 // inPath returns the full path of PROG from $PATH or the sbin directories
 // (nginx lives in /usr/sbin, which an ordinary user's PATH may lack), or "".
-std::string inPath(const std::string& prog) {
-  std::string path = getenv("PATH") != nullptr ? getenv("PATH") : "/usr/bin:/bin";
+std::string inPath(const std::string &prog) {
+  std::string path =
+      getenv("PATH") != nullptr ? getenv("PATH") : "/usr/bin:/bin";
   path += ":/usr/local/sbin:/usr/sbin:/sbin";
   size_t start = 0;
   while (start <= path.size()) {
@@ -51,10 +56,12 @@ std::string inPath(const std::string& prog) {
 
 // python prefers the distribution's interpreter: it starts fastest and the
 // scripts need only the standard library.
-std::string python() { return executable("/usr/bin/python3") ? "/usr/bin/python3" : "python3"; }
+std::string python() {
+  return executable("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
+}
 
 std::string scriptsDir() {
-  const char* env = getenv("GUARD_NET_SCRIPTS");
+  const char *env = getenv("GUARD_NET_SCRIPTS");
   if (env != nullptr && env[0] != '\0') {
     return fs::absolute(env).string();
   }
@@ -69,22 +76,24 @@ std::string scriptsDir() {
       return cand.string();
     }
   }
-  throw std::runtime_error("TestNet: tests/net scripts not found; set GUARD_NET_SCRIPTS");
+  throw std::runtime_error(
+      "TestNet: tests/net scripts not found; set GUARD_NET_SCRIPTS");
 }
 
 std::string trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) {
+  while (!s.empty() &&
+         (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) {
     s.pop_back();
   }
   return s;
 }
 
-std::string tail(const std::string& s, size_t n = 2000) {
+std::string tail(const std::string &s, size_t n = 2000) {
   return s.size() <= n ? s : "..." + s.substr(s.size() - n);
 }
 
 // portFrom returns the number after "KEY=" in TEXT, or 0.
-int portFrom(const std::string& text, const std::string& key) {
+int portFrom(const std::string &text, const std::string &key) {
   size_t at = text.find(key + "=");
   if (at == std::string::npos) {
     return 0;
@@ -92,7 +101,7 @@ int portFrom(const std::string& text, const std::string& key) {
   return std::atoi(text.c_str() + at + key.size() + 1);
 }
 
-std::string joinAddrs(const NetSite& s) {
+std::string joinAddrs(const NetSite &s) {
   std::string out = s.name + "=";
   for (size_t i = 0; i < s.addrs.size(); ++i) {
     out += (i == 0 ? "" : ",") + s.addrs[i];
@@ -101,7 +110,7 @@ std::string joinAddrs(const NetSite& s) {
 }
 
 // isLoopback says whether ADDR is in 127.0.0.0/8 or is ::1.
-bool isLoopback(const std::string& addr) {
+bool isLoopback(const std::string &addr) {
   unsigned char buf[16];
   if (inet_pton(AF_INET, addr.c_str(), buf) == 1) {
     return buf[0] == 127;
@@ -109,8 +118,9 @@ bool isLoopback(const std::string& addr) {
   return addr == "::1" || addr == "0:0:0:0:0:0:0:1";
 }
 
-bool waitUntil(const std::function<bool()>& pred, int timeout_ms) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+bool waitUntil(const std::function<bool()> &pred, int timeout_ms) {
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (true) {
     if (pred()) {
       return true;
@@ -122,9 +132,28 @@ bool waitUntil(const std::function<bool()>& pred, int timeout_ms) {
   }
 }
 
-}  // namespace
+} // namespace
+
+bool TestNet::hasIpv6Loopback() {
+  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return false;
+  }
+  sockaddr_in6 sa{};
+  sa.sin6_family = AF_INET6;
+  sa.sin6_addr = in6addr_loopback;
+  bool ok = bind(fd, reinterpret_cast<sockaddr *>(&sa), sizeof(sa)) == 0;
+  close(fd);
+  return ok;
+}
 
 std::vector<NetSite> TestNet::defaultSites() {
+  if (!hasIpv6Loopback()) {
+    return {{kAllowedHost, {"127.0.0.2"}},
+            {kForbiddenHost, {"127.0.0.3"}},
+            {kInspectHost, {"127.0.0.4"}},
+            {kUntrustedHost, {"127.0.0.5"}}};
+  }
   return {{kAllowedHost, {"127.0.0.2", "::1"}},
           {kForbiddenHost, {"127.0.0.3"}},
           {kInspectHost, {"127.0.0.4"}},
@@ -132,7 +161,7 @@ std::vector<NetSite> TestNet::defaultSites() {
 }
 
 std::string TestNet::missingTool() {
-  for (const char* tool : {"nginx", "openssl", "python3", "git"}) {
+  for (const char *tool : {"nginx", "openssl", "python3", "git"}) {
     if (inPath(tool).empty()) {
       return tool;
     }
@@ -158,14 +187,14 @@ void TestNet::start(std::vector<std::string> dns_args) {
   if (sites_.empty()) {
     throw std::runtime_error("TestNet: no sites");
   }
-  for (const NetSite& s : sites_) {
+  for (const NetSite &s : sites_) {
     if (s.addrs.empty()) {
       throw std::runtime_error("TestNet: site " + s.name + " has no address");
     }
-    for (const std::string& a : s.addrs) {
+    for (const std::string &a : s.addrs) {
       if (!isLoopback(a)) {
-        throw std::runtime_error("TestNet: refusing non-loopback address " + a + " for " +
-                                 s.name);
+        throw std::runtime_error("TestNet: refusing non-loopback address " + a +
+                                 " for " + s.name);
       }
     }
   }
@@ -175,27 +204,28 @@ void TestNet::start(std::vector<std::string> dns_args) {
     throw std::runtime_error("TestNet: mkdtemp under /var/tmp failed");
   }
   dir_ = tmpl;
-  if (geteuid() == 0 && chmod(dir_.c_str(), 0755) != 0) {  // nginx workers run as nobody
+  if (geteuid() == 0 &&
+      chmod(dir_.c_str(), 0755) != 0) { // nginx workers run as nobody
     throw std::runtime_error("TestNet: chmod " + dir_ + " failed");
   }
 
   // 1. PKI.
   std::vector<std::string> pki = {scripts_ + "/pki.sh", dir_ + "/pki"};
-  for (const NetSite& s : sites_) {
+  for (const NetSite &s : sites_) {
     pki.push_back(s.name);
   }
   Run r = runProgram(pki, "", {}, kStartTimeoutMs);
   if (r.status != 0) {
-    throw std::runtime_error("TestNet: pki.sh failed (" + std::to_string(r.status) +
-                             "): " + tail(r.err));
+    throw std::runtime_error("TestNet: pki.sh failed (" +
+                             std::to_string(r.status) + "): " + tail(r.err));
   }
 
   // 2. DNS upstream: started first, it is quick and the origin takes longer.
-  std::vector<std::string> dns = {python(),         scripts_ + "/dns_upstream.py",
-                                  "--listen",       "127.0.0.1:0",
-                                  "--log",          dir_ + "/dns.log",
-                                  "--port-file",    dir_ + "/dns.port"};
-  for (const NetSite& s : sites_) {
+  std::vector<std::string> dns = {python(),      scripts_ + "/dns_upstream.py",
+                                  "--listen",    "127.0.0.1:0",
+                                  "--log",       dir_ + "/dns.log",
+                                  "--port-file", dir_ + "/dns.port"};
+  for (const NetSite &s : sites_) {
     dns.push_back("--map");
     dns.push_back(joinAddrs(s));
   }
@@ -203,29 +233,33 @@ void TestNet::start(std::vector<std::string> dns_args) {
   dns_ = spawn("dns_upstream.py", dns, dir_ + "/dns");
 
   // 3. Origin.
-  std::vector<std::string> origin = {python(), scripts_ + "/origin.py", "run",
-                                     dir_ + "/origin", "--pki", dir_ + "/pki"};
-  for (const NetSite& s : sites_) {
+  std::vector<std::string> origin = {python(), scripts_ + "/origin.py",
+                                     "run",    dir_ + "/origin",
+                                     "--pki",  dir_ + "/pki"};
+  for (const NetSite &s : sites_) {
     origin.push_back("--site");
     origin.push_back(joinAddrs(s));
   }
   origin_ = spawn("origin.py", origin, dir_ + "/origin");
 
-  dns_port_ = std::atoi(waitForFile(dns_, dir_ + "/dns.port", kStartTimeoutMs).c_str());
-  std::string ports = waitForFile(origin_, dir_ + "/origin/origin.ports", kStartTimeoutMs);
+  dns_port_ =
+      std::atoi(waitForFile(dns_, dir_ + "/dns.port", kStartTimeoutMs).c_str());
+  std::string ports =
+      waitForFile(origin_, dir_ + "/origin/origin.ports", kStartTimeoutMs);
   https_port_ = portFrom(ports, "https");
   http_port_ = portFrom(ports, "http");
   if (dns_port_ <= 0 || https_port_ <= 0 || http_port_ <= 0) {
-    throw std::runtime_error("TestNet: bad ports: dns " + std::to_string(dns_port_) + ", " +
-                             ports);
+    throw std::runtime_error("TestNet: bad ports: dns " +
+                             std::to_string(dns_port_) + ", " + ports);
   }
 }
 
-TestNet::Child TestNet::spawn(const std::string& name, const std::vector<std::string>& argv,
-                              const std::string& out_path) {
-  std::vector<char*> args;
-  for (const std::string& a : argv) {
-    args.push_back(const_cast<char*>(a.c_str()));
+TestNet::Child TestNet::spawn(const std::string &name,
+                              const std::vector<std::string> &argv,
+                              const std::string &out_path) {
+  std::vector<char *> args;
+  for (const std::string &a : argv) {
+    args.push_back(const_cast<char *>(a.c_str()));
   }
   args.push_back(nullptr);
   std::string out = out_path + ".out";
@@ -236,11 +270,12 @@ TestNet::Child TestNet::spawn(const std::string& name, const std::vector<std::st
     throw std::runtime_error("TestNet: fork failed for " + name);
   }
   if (pid == 0) {
-    // Only async-signal-safe calls until exec: the test process may have threads.
+    // Only async-signal-safe calls until exec: the test process may have
+    // threads.
     setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) {
-      _exit(1);  // the test died before PR_SET_PDEATHSIG took effect
+      _exit(1); // the test died before PR_SET_PDEATHSIG took effect
     }
     int in = open("/dev/null", O_RDONLY);
     int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
@@ -254,11 +289,13 @@ TestNet::Child TestNet::spawn(const std::string& name, const std::vector<std::st
     execvp(args[0], args.data());
     _exit(127);
   }
-  setpgid(pid, pid);  // also here, so a kill of the group cannot race the child's own call
+  setpgid(pid, pid); // also here, so a kill of the group cannot race the
+                     // child's own call
   return {pid, name, err};
 }
 
-std::string TestNet::waitForFile(Child& child, const std::string& path, int timeout_ms) {
+std::string TestNet::waitForFile(Child &child, const std::string &path,
+                                 int timeout_ms) {
   std::string text;
   int status = 0;
   bool exited = false;
@@ -277,10 +314,12 @@ std::string TestNet::waitForFile(Child& child, const std::string& path, int time
       timeout_ms);
   if (exited) {
     child.pid = -1;
-    std::string code = WIFEXITED(status) ? "exit " + std::to_string(WEXITSTATUS(status))
-                                         : "signal " + std::to_string(WTERMSIG(status));
-    throw std::runtime_error("TestNet: " + child.name + " ended (" + code +
-                             ") before it was ready: " + tail(readFile(child.err)));
+    std::string code = WIFEXITED(status)
+                           ? "exit " + std::to_string(WEXITSTATUS(status))
+                           : "signal " + std::to_string(WTERMSIG(status));
+    throw std::runtime_error(
+        "TestNet: " + child.name + " ended (" + code +
+        ") before it was ready: " + tail(readFile(child.err)));
   }
   if (!found) {
     throw std::runtime_error("TestNet: " + child.name + " not ready after " +
@@ -289,7 +328,7 @@ std::string TestNet::waitForFile(Child& child, const std::string& path, int time
   return text;
 }
 
-void TestNet::stop(Child& child) {
+void TestNet::stop(Child &child) {
   if (child.pid <= 0) {
     return;
   }
@@ -297,8 +336,9 @@ void TestNet::stop(Child& child) {
   // children (nginx) stay in that group.
   kill(child.pid, SIGTERM);
   int status = 0;
-  bool gone = waitUntil([&] { return waitpid(child.pid, &status, WNOHANG) == child.pid; },
-                        kStopTimeoutMs);
+  bool gone = waitUntil(
+      [&] { return waitpid(child.pid, &status, WNOHANG) == child.pid; },
+      kStopTimeoutMs);
   if (!gone) {
     kill(-child.pid, SIGKILL);
     waitpid(child.pid, &status, 0);
@@ -316,8 +356,8 @@ void TestNet::cleanup() {
   dir_.clear();
 }
 
-const NetSite& TestNet::site(const std::string& name) const {
-  for (const NetSite& s : sites_) {
+const NetSite &TestNet::site(const std::string &name) const {
+  for (const NetSite &s : sites_) {
     if (s.name == name) {
       return s;
     }
@@ -326,69 +366,84 @@ const NetSite& TestNet::site(const std::string& name) const {
 }
 
 std::string TestNet::caFile() const { return dir_ + "/pki/ca.pem"; }
-std::string TestNet::untrustedCaFile() const { return dir_ + "/pki/untrusted-ca.pem"; }
-std::string TestNet::certFile(const std::string& name) const {
+std::string TestNet::untrustedCaFile() const {
+  return dir_ + "/pki/untrusted-ca.pem";
+}
+std::string TestNet::certFile(const std::string &name) const {
   return dir_ + "/pki/" + site(name).name + ".pem";
 }
-std::string TestNet::keyFile(const std::string& name) const {
+std::string TestNet::keyFile(const std::string &name) const {
   return dir_ + "/pki/" + site(name).name + ".key";
 }
 
-int TestNet::httpsPort(const std::string& name) const {
+int TestNet::httpsPort(const std::string &name) const {
   site(name);
   return https_port_;
 }
 
-int TestNet::httpPort(const std::string& name) const {
+int TestNet::httpPort(const std::string &name) const {
   site(name);
   return http_port_;
 }
 
-const std::vector<std::string>& TestNet::addresses(const std::string& name) const {
+const std::vector<std::string> &
+TestNet::addresses(const std::string &name) const {
   return site(name).addrs;
 }
 
-const std::string& TestNet::address(const std::string& name) const {
+const std::string &TestNet::address(const std::string &name) const {
   return site(name).addrs.front();
 }
 
-std::string TestNet::url(const std::string& name, const std::string& path, bool https) const {
+std::string TestNet::url(const std::string &name, const std::string &path,
+                         bool https) const {
   return (https ? "https://" : "http://") + name + ":" +
          std::to_string(https ? httpsPort(name) : httpPort(name)) + path;
 }
 
-std::vector<std::string> TestNet::curlResolve(const std::string& name, bool https) const {
-  const std::string& a = address(name);
+std::vector<std::string> TestNet::curlResolve(const std::string &name,
+                                              bool https) const {
+  const std::string &a = address(name);
   std::string addr = a.find(':') != std::string::npos ? "[" + a + "]" : a;
   return {"--resolve",
-          name + ":" + std::to_string(https ? httpsPort(name) : httpPort(name)) + ":" + addr};
+          name + ":" +
+              std::to_string(https ? httpsPort(name) : httpPort(name)) + ":" +
+              addr};
 }
 
-std::string TestNet::dnsUpstream() const { return "127.0.0.1:" + std::to_string(dns_port_); }
+std::string TestNet::dnsUpstream() const {
+  return "127.0.0.1:" + std::to_string(dns_port_);
+}
 
-std::string TestNet::accessLogPath(const std::string& name) const {
+std::string TestNet::accessLogPath(const std::string &name) const {
   return dir_ + "/origin/" + site(name).name + ".access.log";
 }
 
-std::string TestNet::accessLog(const std::string& name) const {
+std::string TestNet::accessLog(const std::string &name) const {
   return readFile(accessLogPath(name));
 }
 
 std::string TestNet::dnsLog() const { return readFile(dir_ + "/dns.log"); }
 
-bool TestNet::waitAccessLog(const std::string& name, const std::string& needle,
+bool TestNet::waitAccessLog(const std::string &name, const std::string &needle,
                             int timeout_ms) const {
   std::string path = accessLogPath(name);
-  return waitUntil([&] { return readFile(path).find(needle) != std::string::npos; },
+  return waitUntil(
+      [&] { return readFile(path).find(needle) != std::string::npos; },
+      timeout_ms);
+}
+
+bool TestNet::waitDnsLog(const std::string &needle, int timeout_ms) const {
+  return waitUntil([&] { return dnsLog().find(needle) != std::string::npos; },
                    timeout_ms);
 }
 
-bool TestNet::waitDnsLog(const std::string& needle, int timeout_ms) const {
-  return waitUntil([&] { return dnsLog().find(needle) != std::string::npos; }, timeout_ms);
+std::string TestNet::bigSha256() const {
+  return trim(readFile(dir_ + "/origin/big.sha256"));
 }
 
-std::string TestNet::bigSha256() const { return trim(readFile(dir_ + "/origin/big.sha256")); }
+std::string TestNet::repoHead() const {
+  return trim(readFile(dir_ + "/origin/repo.head"));
+}
 
-std::string TestNet::repoHead() const { return trim(readFile(dir_ + "/origin/repo.head")); }
-
-}  // namespace guard::testing
+} // namespace guard::testing
