@@ -19,9 +19,9 @@ endif
 # never let the system OpenSSL onto the include or link path.
 BSSL_INC := /usr/include/android
 BSSL_LIB := /usr/lib/x86_64-linux-gnu/android
-BSSL     := -L$(BSSL_LIB) -Wl,-rpath,$(BSSL_LIB) -lcrypto
+BSSL     := -L$(BSSL_LIB) -Wl,-rpath,$(BSSL_LIB) -lssl -lcrypto
 
-PKGS     := yaml-cpp spdlog fuse3 libidn2 libseccomp
+PKGS     := yaml-cpp spdlog fuse3 libidn2 libseccomp libcares libnftables
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -149,3 +149,6 @@ clean:
 
 # The [host] tests' helper programs (tests/helpers/*.c).
 -include tests/helpers/module.mk
+# The network fixtures (tests/net/) and the proxy benchmark's load generator.
+-include tests/net/module.mk
+-include bench/proxy/module.mk

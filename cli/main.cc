@@ -224,6 +224,20 @@ int main(int argc, char** argv) {
                  "path, default) or first (first access of any kind per path); denials always "
                  "are")
       ->check(CLI::IsMember({"none", "writes", "first"}));
+  std::string dns_upstream;
+  std::string upstream_ca;
+  std::string record_file;
+  app.add_option("--dns-upstream", dns_upstream,
+                 "resolvers the proxy asks for allowed names, HOST:PORT[,HOST:PORT] "
+                 "(default: the host's /etc/resolv.conf)");
+  app.add_option("--upstream-ca", upstream_ca,
+                 "PEM bundle that servers must chain to (default: the host's "
+                 "/etc/ssl/certs/ca-certificates.crt)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--record", record_file,
+                 "append every network flow (DNS, connections, HTTP requests; secrets never "
+                 "included) to FILE as JSON Lines, for replay against another policy "
+                 "(docs/capture.md)");
   app.add_flag("-v,--verbose", verbosity, "more diagnostics on stderr (-vv for debug)");
   app.add_option("cmd", cmd, "command to run after --")->take_all();
   app.positionals_at_end();
@@ -257,6 +271,25 @@ int main(int argc, char** argv) {
       ->allow_extra_args(false);
   exp->add_option("request", explain_args, "the request to decide")->required();
 
+  guard::cli::ProxyCommandOptions px;
+  auto* prx = app.add_subcommand(
+      "proxy",
+      "run guard's proxy alone on a host address: HTTP CONNECT and absolute-form HTTP\n"
+      "requests are decided by the policy, TLS to `inspect` destinations is intercepted\n"
+      "with a fresh session CA. Stops on Ctrl-C or SIGTERM.\n"
+      "  guard proxy --listen 127.0.0.1:3128 --ca-out ca.pem\n"
+      "  curl --proxy http://127.0.0.1:3128 --cacert ca.pem https://api.github.com/");
+  prx->add_option("--listen", px.listen, "ADDR:PORT to listen on")->required();
+  prx->add_option("--policy", px.policy_files, "policy file; repeat to layer")
+      ->check(CLI::ExistingFile)
+      ->allow_extra_args(false);
+  prx->add_option("--audit", px.audit_file, "audit log (JSON Lines)");
+  prx->add_option("--ca-out", px.ca_out, "write the session CA certificate (PEM) here");
+  prx->add_option("--dns-upstream", px.dns_upstream, "resolvers, HOST:PORT[,HOST:PORT]");
+  prx->add_option("--upstream-ca", px.upstream_ca, "PEM bundle servers must chain to")
+      ->check(CLI::ExistingFile);
+  prx->add_option("--record", px.record_file, "flow capture file (JSON Lines)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -268,6 +301,9 @@ int main(int argc, char** argv) {
   }
   if (*chk) {
     return check(check_files);
+  }
+  if (*prx) {
+    return guard::cli::runProxyCommand(px);
   }
   if (*tru) {
     std::string file = trust_file.empty() ? ".guard.yaml" : trust_file;
@@ -304,6 +340,9 @@ int main(int argc, char** argv) {
   session.policy_files = policy_files;
   session.audit_file = audit_file;
   session.allowed_audit = allowed_audit;
+  session.dns_upstream = dns_upstream;
+  session.upstream_ca = upstream_ca;
+  session.record_file = record_file;
   session.command = cmd;
   return guard::cli::runSession(session);
 }

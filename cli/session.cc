@@ -1,7 +1,11 @@
 // A guard session: policy, audit sink, filesystem view and jail wired together.
 #include "cli/session.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,10 +13,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include <spdlog/spdlog.h>
 
+#include "cli/credentials.h"
 #include "fusefs/view.h"
+#include "mitm-proxy/proxy.h"
 #include "policy/audit.h"
 #include "policy/loader.h"
 #include "policy/policy.h"
@@ -85,6 +93,35 @@ std::vector<std::string> agentEnvironment(const policy::Policy& p, policy::Audit
   return env;
 }
 
+// The trust store a Debian-family host keeps; the session CA is appended to
+// it in the agent's view, and every CA variable points at it.
+constexpr const char* kCaBundle = "/etc/ssl/certs/ca-certificates.crt";
+
+std::string readAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// networkEnvironment sets what tools that prefer an explicit proxy or a CA
+// file look for. Programs that ignore them are captured all the same.
+void networkEnvironment(std::vector<std::string>* env, const Credentials& creds) {
+  std::string proxy = "http://127.0.0.1:" + std::to_string(proxy::kProxyPort);
+  std::vector<std::pair<std::string, std::string>> set = {
+      {"HTTP_PROXY", proxy}, {"HTTPS_PROXY", proxy}, {"http_proxy", proxy}, {"https_proxy", proxy},
+      {"NO_PROXY", "localhost,127.0.0.1,::1"}, {"no_proxy", "localhost,127.0.0.1,::1"},
+      {"SSL_CERT_FILE", kCaBundle}, {"NODE_EXTRA_CA_CERTS", kCaBundle},
+      {"REQUESTS_CA_BUNDLE", kCaBundle}, {"CURL_CA_BUNDLE", kCaBundle},
+      {"GIT_SSL_CAINFO", kCaBundle}};
+  set.insert(set.end(), creds.variables.begin(), creds.variables.end());
+  for (const auto& [name, value] : set) {
+    std::string prefix = name + "=";
+    std::erase_if(*env, [&](const std::string& kv) { return kv.rfind(prefix, 0) == 0; });
+    env->push_back(prefix + value);
+  }
+}
+
 std::string runtimeDir() {
   const char* x = getenv("XDG_RUNTIME_DIR");
   if (x != nullptr && x[0] == '/' && access(x, W_OK) == 0) {
@@ -148,6 +185,31 @@ int runSession(const SessionOptions& options) {
 
   std::string audit_path = options.audit_file.empty() ? policy::defaultAuditPath()
                                                       : options.audit_file;
+  auto creds_or = readCredentials(p);
+  if (!creds_or.ok()) {
+    return refuse(creds_or.error().message());
+  }
+  const Credentials& creds = creds_or.value();
+  auto ca = proxy::SessionCa::create();
+  if (!ca.ok()) {
+    return refuse(ca.error().message());
+  }
+  proxy::ProxyOptions popts;
+  popts.ca = ca.value();
+  popts.secrets = creds.secrets;
+  popts.audit_base = base;
+  popts.dns_upstream = options.dns_upstream;
+  if (!options.upstream_ca.empty()) {
+    popts.upstream_ca = options.upstream_ca;
+  }
+  popts.record_path = options.record_file;
+  auto proxy_or = proxy::spawnProxy(p, audit_path, popts);
+  if (!proxy_or.ok()) {
+    return refuse("cannot start the proxy: " + proxy_or.error().message());
+  }
+  proxy::ProxyProcess proxy = proxy_or.value();
+  phase("proxy started");
+
   // The view is served by a process of its own: guard outlives it to report
   // its death and end the session, and the jail is forked from a process
   // that holds no serving threads.
@@ -159,9 +221,14 @@ int runSession(const SessionOptions& options) {
   vopts.mountpoint = mnt;
   vopts.allowed_audit = allowed;
   vopts.audit_base = base;
+  if (access(kCaBundle, R_OK) == 0) {
+    vopts.overlays.emplace_back(kCaBundle, readAll(kCaBundle) + "\n# guard session CA\n" +
+                                               popts.ca->certPem());
+  }
   auto view_or = fusefs::spawnView(p, audit_path, vopts);
   if (!view_or.ok()) {
     rmdir(mnt.c_str());
+    proxy::stopProxy(&proxy);
     return refuse(view_or.error().message());
   }
   fusefs::ViewProcess view = view_or.value();
@@ -170,6 +237,7 @@ int runSession(const SessionOptions& options) {
   auto sink_or = policy::FileAuditSink::open(audit_path);
   if (!sink_or.ok()) {
     fusefs::stopView(&view);
+    proxy::stopProxy(&proxy);
     rmdir(mnt.c_str());
     return refuse("cannot open the audit log: " + sink_or.error().message());
   }
@@ -188,6 +256,12 @@ int runSession(const SessionOptions& options) {
   sink->emit(std::move(start));
 
   std::vector<std::string> env = agentEnvironment(p, sink.get(), base);
+  networkEnvironment(&env, creds);
+  for (const std::string& name : creds.missing) {
+    AuditEvent ev = event(base, "credentials", "read", name, "ok");
+    ev.reason = "the credential's source is missing or empty: the agent gets a placeholder and nothing is injected";
+    sink->emit(std::move(ev));
+  }
 
   phase("environment decided");
   vmhost::JailSpec spec;
@@ -195,6 +269,8 @@ int runSession(const SessionOptions& options) {
   spec.env = env;
   spec.cwd = ctx.project;
   spec.root = mnt;
+  spec.net_fd = proxy.jail_fd;
+  spec.proxy_port = proxy::kProxyPort;
   spec.writable = {"/dev", "/tmp"};
   bool everything_writable = false;
   for (const auto& vp : p.pathPrefixes()) {
@@ -216,16 +292,19 @@ int runSession(const SessionOptions& options) {
   signal(SIGTSTP, SIG_IGN);
 
   Error detach_error;
-  bool view_died = false;
+  pid_t died = -1;
+  const pid_t view_pid = view.pid;
+  const pid_t proxy_pid = proxy.pid;
   auto rc = vmhost::runJail(
       spec,
       [&] {
         phase("jail rooted in the view");
         detach_error = fusefs::detachView(view);
       },
-      view.pid, &view_died);
+      {view_pid, proxy_pid}, &died);
   phase("agent exited");
   Error view_error = fusefs::stopView(&view);
+  Error proxy_error = proxy::stopProxy(&proxy);
   rmdir(mnt.c_str());
   phase("view stopped");
 
@@ -243,9 +322,12 @@ int runSession(const SessionOptions& options) {
       done.decision = "signaled";
     }
   }
-  if (view_died || !view_error.ok()) {
+  if (died == view_pid || !view_error.ok() || died == proxy_pid || !proxy_error.ok()) {
     done.decision = "internal_error";
-    done.reason = view_error.ok() ? "the filesystem view died" : view_error.message();
+    done.reason = !view_error.ok()    ? view_error.message()
+                  : !proxy_error.ok() ? proxy_error.message()
+                  : died == view_pid  ? "the filesystem view died"
+                                      : "the proxy died";
     std::fprintf(stderr, "guard: %s; the session was ended (the agent never sees the host)\n",
                  done.reason.c_str());
     code = kSetupFailed;
@@ -259,6 +341,102 @@ int runSession(const SessionOptions& options) {
     return code == 0 ? kSetupFailed : code;
   }
   return code;
+}
+
+int runProxyCommand(const ProxyCommandOptions& options) {
+  auto ctx_or = policy::contextFromEnvironment();
+  if (!ctx_or.ok()) {
+    return refuse(ctx_or.error().message());
+  }
+  policy::Context ctx = ctx_or.value();
+  policy::LoadOptions load;
+  load.explicit_files = options.policy_files;
+  policy::Loaded loaded;
+  auto pol = policy::loadPolicy(&ctx, load, &loaded);
+  if (!pol.ok()) {
+    std::fprintf(stderr, "%s\n", pol.error().message().c_str());
+    return refuse("refusing to run: the policy has errors");
+  }
+  // The listener: ADDR:PORT, IPv6 in brackets.
+  std::string addr = options.listen;
+  size_t colon = addr.rfind(':');
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  int port = colon == std::string::npos ? -1 : atoi(addr.c_str() + colon + 1);
+  std::string host = colon == std::string::npos ? "" : addr.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (port > 0 && port < 65536 && inet_pton(AF_INET, host.c_str(), &sin->sin_addr) == 1) {
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(static_cast<uint16_t>(port));
+    len = sizeof(*sin);
+  } else if (port > 0 && port < 65536 && inet_pton(AF_INET6, host.c_str(), &sin6->sin6_addr) == 1) {
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(static_cast<uint16_t>(port));
+    len = sizeof(*sin6);
+  } else {
+    return refuse("--listen wants ADDR:PORT, e.g. 127.0.0.1:3128 or [::1]:3128");
+  }
+  int lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (lfd < 0 || bind(lfd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(lfd, 4096) != 0) {
+    return refuse("cannot listen on " + options.listen + ": " + strerror(errno));
+  }
+  auto ca = proxy::SessionCa::create();
+  if (!ca.ok()) {
+    return refuse(ca.error().message());
+  }
+  if (!options.ca_out.empty()) {
+    std::string tmp = options.ca_out + ".tmp";
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    f << ca.value()->certPem();
+    f.close();
+    if (!f || rename(tmp.c_str(), options.ca_out.c_str()) != 0) {
+      return refuse("cannot write " + options.ca_out + ": " + strerror(errno));
+    }
+  }
+  std::string audit_path = options.audit_file.empty() ? policy::defaultAuditPath() : options.audit_file;
+  auto sink_or = policy::FileAuditSink::open(audit_path);
+  if (!sink_or.ok()) {
+    return refuse("cannot open the audit log: " + sink_or.error().message());
+  }
+  proxy::ProxyOptions popts;
+  popts.ca = ca.value();
+  popts.dns_upstream = options.dns_upstream;
+  if (!options.upstream_ca.empty()) {
+    popts.upstream_ca = options.upstream_ca;
+  }
+  popts.record_path = options.record_file;
+  popts.mode = "proxy";
+  popts.audit_base.session = policy::newSessionId();
+  popts.audit_base.user = ctx.user;
+  popts.audit_base.groups = ctx.groups;
+  popts.audit_base.host = ctx.host;
+  // SIGINT and SIGTERM end the loop through a signalfd it watches.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  sigprocmask(SIG_BLOCK, &stop, nullptr);
+  int sfd = signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK);
+  std::fprintf(stderr, "guard: proxy listening on %s (session CA%s%s)\n", options.listen.c_str(),
+               options.ca_out.empty() ? " in memory only" : " written to ",
+               options.ca_out.c_str());
+  proxy::Listeners listeners;
+  listeners.tcp.push_back(lfd);
+  Error e = proxy::serveProxy(pol.value(), sink_or.value().get(), popts, listeners, sfd);
+  Error flushed = sink_or.value()->flush();
+  if (!e.ok()) {
+    return refuse(e.message());
+  }
+  if (!flushed.ok()) {
+    return refuse("the audit log failed: " + flushed.message());
+  }
+  return 0;
 }
 
 }  // namespace guard::cli

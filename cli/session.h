@@ -10,8 +10,26 @@ struct SessionOptions {
   std::vector<std::string> policy_files;
   std::string audit_file;             // empty: the default under the user's state directory
   std::string allowed_audit = "writes";  // none | writes | first
+  std::string dns_upstream;  // resolvers for the proxy ("host:port,..."); empty: the host's
+  std::string upstream_ca;   // trust store for upstream TLS; empty: the host's bundle
+  std::string record_file;   // --record: flow capture (docs/capture.md)
   std::vector<std::string> command;
 };
+
+// ProxyCommandOptions configures `guard proxy`: the proxy alone, serving
+// explicit proxy requests (CONNECT, absolute-form HTTP) on a host address.
+struct ProxyCommandOptions {
+  std::vector<std::string> policy_files;
+  std::string audit_file;
+  std::string listen;       // ADDR:PORT
+  std::string ca_out;       // where to write the session CA certificate (PEM)
+  std::string dns_upstream;
+  std::string upstream_ca;
+  std::string record_file;
+};
+
+// runProxyCommand serves until SIGINT or SIGTERM; returns the exit status.
+int runProxyCommand(const ProxyCommandOptions& options);
 
 // runSession runs OPTIONS.command under the policy and returns the exit
 // status to leave with: the command's own (128+N for signal N), or 1 when

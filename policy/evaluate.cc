@@ -442,6 +442,22 @@ std::vector<std::pair<std::string, std::string>> Policy::envSet() const {
   return out;
 }
 
+std::vector<const Credential*> Policy::credentials() const {
+  std::vector<const Credential*> out;
+  for (const auto& l : c_->layers) {
+    for (const Credential& cr : l->credentials) {
+      auto it = std::find_if(out.begin(), out.end(),
+                             [&](const Credential* x) { return x->name == cr.name; });
+      if (it == out.end()) {
+        out.push_back(&cr);
+      } else if (!(*it)->meta.locked) {
+        *it = &cr;  // a later layer redefines it, unless the earlier one is locked
+      }
+    }
+  }
+  return out;
+}
+
 const std::vector<Policy::PathPrefix>& Policy::pathPrefixes() const { return c_->prefixes; }
 
 Verdict Policy::env(std::string_view name) const {

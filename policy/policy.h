@@ -85,7 +85,8 @@ struct Context {
 // running process; groups stay empty (see loader.h).
 Result<Context> contextFromEnvironment();
 
-struct Layer;  // a parsed document; see document.h
+struct Layer;       // a parsed document; see document.h
+struct Credential;  // a credential definition; see document.h
 class Compiled;
 
 // Policy is the immutable, compiled, merged result of all layers. It is cheap
@@ -146,6 +147,11 @@ class Policy {
   // envSet returns the variables the policy sets inside the session
   // (`env.set`), merged over layers: a later layer's value wins.
   std::vector<std::pair<std::string, std::string>> envSet() const;
+
+  // credentials returns each credential the layers define, once per name:
+  // the latest layer's definition, unless an earlier layer locked its own.
+  // The pointers live as long as the Policy.
+  std::vector<const Credential*> credentials() const;
 
   // env decides whether host variable NAME passes into the session.
   Verdict env(std::string_view name) const;

@@ -16,6 +16,9 @@ packages=(
   libbenchmark-dev binutils iproute2 git python3 procps bubblewrap hyperfine
   # the host-mode tests: real tools run inside sessions, a static helper, an unprivileged user
   libc6-dev nodejs strace util-linux passwd
+  # the network tests: a test origin (nginx) with a test PKI (openssl), real
+  # clients (curl, dig); the proxy benchmark's peers (squid with ssl-bump, mitmproxy)
+  nginx openssl curl bind9-dnsutils ca-certificates squid-openssl mitmproxy
 )
 
 export DEBIAN_FRONTEND=noninteractive

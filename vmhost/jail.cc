@@ -30,8 +30,11 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+
+#include "vmhost/netns.h"
 
 // Debian 12's kernel headers stop at Landlock ABI 2; the running kernel may
 // be newer. Values from the kernel's uapi (stable ABI).
@@ -43,6 +46,10 @@ extern char** environ;
 
 namespace guard::vmhost {
 namespace {
+
+// The proxy's socket sits at this descriptor inside the jail's setup
+// processes (the error pipe is 3); it never reaches the agent.
+constexpr int kNetFd = 4;
 
 // The error pipe carries "P" once the jail is rooted in the view, and
 // "E<step>:<errno>:<text>" when a step fails. It is close-on-exec: EOF with no
@@ -425,6 +432,13 @@ void forwardTermination(pid_t child) {
   }
   sethostname(spec.hostname.c_str(), spec.hostname.size());
   loopbackUp(err_fd);
+  if (spec.net_fd >= 0) {
+    std::string what;
+    if (!setupNetwork(kNetFd, spec.proxy_port, &what)) {
+      die(err_fd, JailStep::kNetwork, errno, what.c_str());
+    }
+    close(kNetFd);
+  }
   if (write(err_fd, "P", 1) != 1) {
     _exit(125);
   }
@@ -510,6 +524,8 @@ const char* jailStepName(JailStep step) {
       return "enter the filesystem view";
     case JailStep::kLoopback:
       return "bring up loopback";
+    case JailStep::kNetwork:
+      return "route the network to the proxy";
     case JailStep::kChdir:
       return "enter the working directory";
     case JailStep::kLandlock:
@@ -541,8 +557,8 @@ bool userNamespacesAvailable(std::string* reason) {
   return false;
 }
 
-Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted, pid_t watch,
-                    bool* watch_died) {
+Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted,
+                    const std::vector<pid_t>& watch, pid_t* died) {
   int pipefd[2];
   if (pipe2(pipefd, O_CLOEXEC) != 0) {
     int e = errno;
@@ -572,7 +588,10 @@ Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted
         _exit(125);
       }
     }
-    syscall(SYS_close_range, 4u, ~0u, 0u);
+    if (spec.net_fd >= 0 && dup3(spec.net_fd, kNetFd, O_CLOEXEC) < 0) {
+      _exit(125);
+    }
+    syscall(SYS_close_range, spec.net_fd >= 0 ? kNetFd + 1u : 4u, ~0u, 0u);
     runOuter(spec, err_fd, uid, gid);
   }
   close(pipefd[1]);
@@ -613,11 +632,11 @@ Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted
       }
       break;
     }
-    if (info.si_pid == watch && watch > 0) {
-      if (watch_died != nullptr) {
-        *watch_died = true;
+    if (std::find(watch.begin(), watch.end(), info.si_pid) != watch.end()) {
+      if (died != nullptr) {
+        *died = info.si_pid;
       }
-      kill(outer, SIGKILL);  // the agent must not go on without the view
+      kill(outer, SIGKILL);  // the agent must not go on without the view or the proxy
       while (waitpid(outer, &status, 0) < 0 && errno == EINTR) {
       }
       break;

@@ -19,6 +19,11 @@ struct JailSpec {
   // agent write beneath; everything else is read-only to the kernel too.
   std::vector<std::string> writable;
   std::string hostname = "guard";
+  // net_fd, when set, is the proxy's socket: the jail routes the network
+  // namespace to the proxy and hands it the listeners (see netns.h). Without
+  // it the namespace holds loopback only.
+  int net_fd = -1;
+  uint16_t proxy_port = 15001;
 };
 
 // Setup steps, one code each, so a failure names the step.
@@ -32,6 +37,7 @@ enum class JailStep {
   kMountTmp,
   kPivotRoot,
   kLoopback,
+  kNetwork,
   kChdir,
   kLandlock,
   kCapabilities,
@@ -51,11 +57,11 @@ const char* jailStepName(JailStep step);
 // the jail is started with fork(2), and the child never takes a lock another
 // thread could hold.
 //
-// WATCH (optional) is a process the jail depends on, such as the one that
-// serves the view: if it dies first, the jail is killed (fail closed) and
-// *WATCH_DIED is set. It is left unreaped for its owner.
+// WATCH lists processes the jail depends on, such as the ones that serve
+// the view and the proxy: if one dies first, the jail is killed (fail
+// closed) and *DIED is set to its pid. They are left unreaped for their owner.
 Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted,
-                    pid_t watch = -1, bool* watch_died = nullptr);
+                    const std::vector<pid_t>& watch = {}, pid_t* died = nullptr);
 
 // userNamespacesAvailable probes, by trying, whether this process may create
 // a user namespace; on false REASON says what is missing.

@@ -1,0 +1,213 @@
+// Network namespace setup: routes (rtnetlink), nftables rules (libnftables),
+// the proxy's listeners (handed over with SCM_RIGHTS).
+#include "vmhost/netns.h"
+
+#include <arpa/inet.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <nftables/libnftables.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+namespace guard::vmhost {
+namespace {
+
+// addLocalDefault is `ip route add local default dev lo` for FAMILY: every
+// address counts as local, so a connect to any address reaches the nftables
+// output hook (and is redirected) instead of failing with ENETUNREACH.
+bool addLocalDefault(int family) {
+  int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (s < 0) {
+    return false;
+  }
+  struct {
+    nlmsghdr nh;
+    rtmsg rt;
+    char attrs[64];
+  } req{};
+  req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(rtmsg));
+  req.nh.nlmsg_type = RTM_NEWROUTE;
+  req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK;
+  req.nh.nlmsg_seq = 1;
+  req.rt.rtm_family = static_cast<unsigned char>(family);
+  req.rt.rtm_table = RT_TABLE_MAIN;
+  req.rt.rtm_protocol = RTPROT_BOOT;
+  req.rt.rtm_scope = RT_SCOPE_HOST;
+  req.rt.rtm_type = RTN_LOCAL;
+  int lo = static_cast<int>(if_nametoindex("lo"));
+  auto* rta = reinterpret_cast<rtattr*>(reinterpret_cast<char*>(&req) + NLMSG_ALIGN(req.nh.nlmsg_len));
+  rta->rta_type = RTA_OIF;
+  rta->rta_len = RTA_LENGTH(sizeof(int));
+  memcpy(RTA_DATA(rta), &lo, sizeof(int));
+  req.nh.nlmsg_len = NLMSG_ALIGN(req.nh.nlmsg_len) + RTA_ALIGN(rta->rta_len);
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  bool ok = sendto(s, &req, req.nh.nlmsg_len, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel)) >= 0;
+  char reply[512];
+  ssize_t n = ok ? recv(s, reply, sizeof(reply), 0) : -1;
+  int saved = errno;
+  close(s);
+  if (n < static_cast<ssize_t>(NLMSG_LENGTH(sizeof(nlmsgerr)))) {
+    errno = n < 0 ? saved : EPROTO;
+    return false;
+  }
+  auto* nh = reinterpret_cast<nlmsghdr*>(reply);
+  if (nh->nlmsg_type == NLMSG_ERROR) {
+    int err = -reinterpret_cast<nlmsgerr*>(NLMSG_DATA(nh))->error;
+    if (err != 0) {
+      errno = err;
+      return false;
+    }
+  }
+  return true;
+}
+
+bool installRules(uint16_t proxy_port, std::string* why) {
+  // The loopback of the namespace stays the agent's own (its dev servers,
+  // its tests); everything else is captured or dropped. Dropped packets go
+  // to NFLOG group 7 and a counter.
+  std::string rules =
+      "table inet guard {\n"
+      "  chain capture {\n"
+      "    type nat hook output priority -100; policy accept;\n"
+      "    meta l4proto { tcp, udp } th dport 53 redirect to :53\n"
+      "    ip daddr 127.0.0.0/8 return\n"
+      "    ip6 daddr ::1 return\n"
+      "    meta l4proto tcp redirect to :" + std::to_string(proxy_port) + "\n"
+      "  }\n"
+      "  chain only_loopback {\n"
+      "    type filter hook output priority 0; policy drop;\n"
+      "    ip daddr 127.0.0.0/8 accept\n"
+      "    ip6 daddr ::1 accept\n"
+      "    counter log group 7 drop\n"
+      "  }\n"
+      "}\n";
+  nft_ctx* nft = nft_ctx_new(NFT_CTX_DEFAULT);
+  if (nft == nullptr) {
+    *why = "nftables context";
+    errno = ENOMEM;
+    return false;
+  }
+  nft_ctx_buffer_error(nft);
+  int rc = nft_run_cmd_from_buffer(nft, rules.c_str());
+  if (rc != 0) {
+    const char* err = nft_ctx_get_error_buffer(nft);
+    *why = std::string("nftables: ") + (err != nullptr ? err : "rejected the rules");
+    while (!why->empty() && why->back() == '\n') {
+      why->pop_back();
+    }
+  }
+  nft_ctx_free(nft);
+  if (rc != 0) {
+    errno = EPERM;
+    return false;
+  }
+  return true;
+}
+
+int listener(int family, int type, uint16_t port) {
+  int s = socket(family, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (s < 0) {
+    return -1;
+  }
+  int one = 1;
+  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  if (family == AF_INET) {
+    auto& a = reinterpret_cast<sockaddr_in&>(ss);
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    len = sizeof(a);
+  } else {
+    setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    auto& a = reinterpret_cast<sockaddr_in6&>(ss);
+    a.sin6_family = AF_INET6;
+    a.sin6_port = htons(port);
+    a.sin6_addr = in6addr_loopback;
+    len = sizeof(a);
+  }
+  if (bind(s, reinterpret_cast<sockaddr*>(&ss), len) != 0 ||
+      (type == SOCK_STREAM && listen(s, 4096) != 0)) {
+    int e = errno;
+    close(s);
+    errno = e;
+    return -1;
+  }
+  return s;
+}
+
+}  // namespace
+
+bool setupNetwork(int net_fd, uint16_t proxy_port, std::string* what) {
+  if (!addLocalDefault(AF_INET)) {
+    *what = "route IPv4 to loopback";
+    return false;
+  }
+  // IPv6 may be off in this kernel; then only IPv4 exists and nothing else
+  // needs capturing.
+  bool v6 = addLocalDefault(AF_INET6);
+  if (!installRules(proxy_port, what)) {
+    return false;
+  }
+  std::vector<int> fds;
+  std::string kinds;
+  struct Want {
+    int family;
+    int type;
+    uint16_t port;
+    char kind;
+  };
+  for (Want w : {Want{AF_INET, SOCK_STREAM, proxy_port, 'T'}, Want{AF_INET6, SOCK_STREAM, proxy_port, 'T'},
+                 Want{AF_INET, SOCK_DGRAM, 53, 'U'}, Want{AF_INET6, SOCK_DGRAM, 53, 'U'},
+                 Want{AF_INET, SOCK_STREAM, 53, 'D'}, Want{AF_INET6, SOCK_STREAM, 53, 'D'}}) {
+    if (w.family == AF_INET6 && !v6) {
+      continue;
+    }
+    int s = listener(w.family, w.type, w.port);
+    if (s < 0) {
+      *what = std::string("listen on ") + (w.family == AF_INET ? "127.0.0.1" : "[::1]") + ":" +
+              std::to_string(w.port);
+      int e = errno;
+      for (int fd : fds) {
+        close(fd);
+      }
+      errno = e;
+      return false;
+    }
+    fds.push_back(s);
+    kinds += w.kind;
+  }
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)] = {};
+  iovec iov{kinds.data(), kinds.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
+  ssize_t n = sendmsg(net_fd, &msg, MSG_NOSIGNAL);
+  int e = errno;
+  for (int fd : fds) {
+    close(fd);
+  }
+  if (n != static_cast<ssize_t>(kinds.size())) {
+    *what = "hand the listeners to the proxy";
+    errno = n < 0 ? e : EPIPE;
+    return false;
+  }
+  return true;
+}
+
+}  // namespace guard::vmhost

@@ -1,0 +1,20 @@
+// The agent's network namespace: loopback only, every TCP connection
+// redirected to the proxy, DNS to its responder, every other packet dropped.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace guard::vmhost {
+
+// setupNetwork runs inside the agent's new network namespace, with loopback
+// up and the capabilities of the namespace's owner. It routes every address
+// to loopback, installs the nftables table `inet guard` (TCP to PROXY_PORT,
+// UDP and TCP port 53 to the DNS responder on port 53, everything not bound
+// for loopback dropped), creates the listening sockets and sends them to the
+// proxy over NET_FD (one SOCK_SEQPACKET message: one kind byte per
+// descriptor, 'T' TCP listener, 'U' DNS over UDP, 'D' DNS over TCP).
+// Returns false with *WHAT naming the failed step and errno set.
+bool setupNetwork(int net_fd, uint16_t proxy_port, std::string* what);
+
+}  // namespace guard::vmhost
