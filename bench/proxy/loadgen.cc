@@ -9,6 +9,7 @@
 // process and its descendants (utime + stime from /proc) is sampled at the window's edges.
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -32,7 +33,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <dirent.h>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -71,17 +71,19 @@ Loads an HTTPS origin, directly or through an HTTP CONNECT proxy, and prints one
   --concurrency N      hold mode: at most N connections being set up at once (default 64)
   --pid PID            a process (with its descendants) whose CPU time (and in hold mode,
                        memory) to report; repeatable
+  --origin-pid PID     the same for the origin server (CPU time only); repeatable
   --timeout S          give up if setup takes longer than this (default 60)
   --json               one JSON object instead of lines
   -h, --help           this text
 
 Metrics: requests, req_per_s, mb_per_s (10^6 body bytes/s), latency p50/p90/p99/max in us
 (newconn: connect to last byte), errors, client_cpu_pct and client_us_per_req (this
-process), proxy_cpu_pct and proxy_us_per_req (--pid), hold: held, proxy_rss_kib,
-proxy_pss_kib (and *_idle before the connections opened).
+process), proxy_cpu_pct and proxy_us_per_req (--pid), origin_cpu_pct (--origin-pid);
+hold: held, proxy_rss_kib, proxy_pss_kib (and *_idle before the connections opened).
 The peer's certificate is verified (chain to --ca, dates, NAME); a leaf already verified
 in this run is accepted again from a cache, the handshake signature is checked every time.
-Exit status: 0 measured (see "errors"), 1 the run failed (first error on stderr), 2 usage.
+Exit status: 0 measured (see "errors"), 1 the run failed (first error on stderr) or, in
+hold mode, not every connection is open at the end, 2 usage.
 )";
 
 enum class Mode { kKeepAlive, kNewConn, kBulk, kLatency, kHold };
@@ -108,6 +110,7 @@ struct Options {
   int concurrency = 64;
   Mode mode = Mode::kKeepAlive;
   std::vector<pid_t> pids;
+  std::vector<pid_t> origin_pids;
   double timeout = 60;
   bool json = false;
 };
@@ -251,6 +254,8 @@ Options parseArgs(int argc, char** argv) {
       o.concurrency = parseInt(a, value());
     } else if (a == "--pid") {
       o.pids.push_back(static_cast<pid_t>(parseInt(a, value())));
+    } else if (a == "--origin-pid") {
+      o.origin_pids.push_back(static_cast<pid_t>(parseInt(a, value())));
     } else if (a == "--timeout") {
       o.timeout = parseDouble(a, value());
     } else if (a == "--json") {
@@ -426,8 +431,8 @@ struct Conn {
   Chunk chunk = Chunk::kSize;
   uint64_t body_left = 0;
   bool close_after = false;
-  bool reused = false;        // a request has completed on this connection
-  bool ever_set_up = false;   // counted in setup_done
+  bool reused = false;       // a request has completed on this connection
+  bool ever_set_up = false;  // counted in setup_done
   int64_t conn_start = 0;
   int64_t req_start = 0;
 };
@@ -632,8 +637,7 @@ class Worker {
       markSetUp(c);
       return;
     }
-    if (!c.ever_set_up && st_.completed == 0 &&
-        (o.mode != Mode::kNewConn || st_.errors >= 5)) {
+    if (!c.ever_set_up && st_.completed == 0 && (o.mode != Mode::kNewConn || st_.errors >= 5)) {
       fatal(why);
       return;
     }
@@ -672,7 +676,8 @@ class Worker {
     if (sh_->inWindow(now)) {
       st_.requests++;
       int64_t from = o.mode == Mode::kNewConn ? c.conn_start : c.req_start;
-      st_.lat_us.push_back(static_cast<uint32_t>(std::min<int64_t>((now - from) / 1000, UINT32_MAX)));
+      st_.lat_us.push_back(
+          static_cast<uint32_t>(std::min<int64_t>((now - from) / 1000, UINT32_MAX)));
     }
     c.reused = true;
     switch (o.mode) {
@@ -897,8 +902,9 @@ class Worker {
             return;
           }
           if (r == 0) {
-            fail(c, "proxy closed the connection after CONNECT" +
-                        (c.head.empty() ? std::string() : ": " + c.head.substr(0, c.head.find('\r'))));
+            fail(c,
+                 "proxy closed the connection after CONNECT" +
+                     (c.head.empty() ? std::string() : ": " + c.head.substr(0, c.head.find('\r'))));
             return;
           }
           c.head.append(b, static_cast<size_t>(r));
@@ -1161,8 +1167,8 @@ int main(int argc, char** argv) {
   }
   std::string authority = o.url_host + ":" + std::to_string(o.url_port);
   sh.connect_req = "CONNECT " + authority + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n";
-  sh.http_req = "GET " + o.url_path + " HTTP/1.1\r\nHost: " +
-                (o.url_port == 443 ? o.url_host : authority) +
+  sh.http_req = "GET " + o.url_path +
+                " HTTP/1.1\r\nHost: " + (o.url_port == 443 ? o.url_host : authority) +
                 "\r\nUser-Agent: guard-bench-loadgen/1\r\nAccept: */*\r\n\r\n";
 
   bool hold = o.mode == Mode::kHold;
@@ -1171,7 +1177,8 @@ int main(int argc, char** argv) {
 
   std::vector<std::unique_ptr<Worker>> workers;
   for (int i = 0; i < o.threads; ++i) {
-    workers.push_back(std::make_unique<Worker>(&sh, o.conns / o.threads + (i < o.conns % o.threads)));
+    workers.push_back(
+        std::make_unique<Worker>(&sh, o.conns / o.threads + (i < o.conns % o.threads)));
   }
   std::vector<std::thread> threads;
   for (auto& w : workers) {
@@ -1199,12 +1206,15 @@ int main(int argc, char** argv) {
   sh.t_start = ts;
   ProcSample p0;
   ProcSample p1;
+  ProcSample o0;
+  ProcSample o1;
   double c0 = 0;
   double c1 = 0;
   ProcSample mem;
   if (!sh.fatal.load()) {
     sleepUntil(ts);
     p0 = sampleProcs(o.pids, false);
+    o0 = sampleProcs(o.origin_pids, false);
     c0 = selfCpuS();
     if (hold) {
       mem = sampleProcs(o.pids, true);  // right after the last connection opened
@@ -1214,6 +1224,7 @@ int main(int argc, char** argv) {
     }
     te = std::min(te, nowNs());
     p1 = sampleProcs(o.pids, false);
+    o1 = sampleProcs(o.origin_pids, false);
     c1 = selfCpuS();
     if (hold) {
       ProcSample later = sampleProcs(o.pids, true);  // after holding: keep the larger
@@ -1307,6 +1318,13 @@ int main(int argc, char** argv) {
       }
     }
   }
+  if (!o.origin_pids.empty()) {
+    double ocpu = o1.cpu_s - o0.cpu_s;
+    m.emplace_back("origin_cpu_pct", fmt(100 * ocpu / window, 1));
+    if (all.requests > 0) {
+      m.emplace_back("origin_us_per_req", fmt(1e6 * ocpu / static_cast<double>(all.requests), 1));
+    }
+  }
   if (!sh.first_error.empty()) {
     m.emplace_back("first_error", sh.first_error);
   }
@@ -1331,5 +1349,10 @@ int main(int argc, char** argv) {
     }
   }
   SSL_CTX_free(sh.ctx);
+  if (hold && held < o.conns) {
+    std::fprintf(stderr, "proxy-loadgen: hold: %d of %d connections open; the first error: %s\n",
+                 held, o.conns, sh.first_error.c_str());
+    return 1;
+  }
   return 0;
 }

@@ -220,7 +220,11 @@ started+=($!)
 wait_for "dns_upstream.py" "$!" test -s "$work/dns.port" || die "DNS server failed: $(why "$work/dns.out")"
 dport=$(cat "$work/dns.port")
 
-declare -A pid ca proxy_addr  # per peer: process, CA the client trusts, listen address
+# per peer: process, its log, the CA the client trusts, listen address
+declare -A pid plog ca proxy_addr
+plog[guard]=$work/guard.log
+plog[mitmproxy]=$work/mitmproxy.log
+plog[squid]=$work/squid/cache.log
 ca[direct]=$test_ca
 
 # shellcheck disable=SC2317  # called by name (start_$p) or only from such functions
@@ -243,6 +247,7 @@ network:
 EOF
   (cd "$work" && exec "$guard_bin" proxy --listen "127.0.0.1:$port" --policy "$policy" \
      --upstream-ca "$test_ca" --ca-out "$work/guard-ca.pem" --dns-upstream "127.0.0.1:$dport" \
+     --audit "$work/guard-audit.jsonl" \
      </dev/null >"$work/guard.log" 2>&1) &
   started+=($!)
   pid[guard]=$!
@@ -355,10 +360,11 @@ lg() {
   shift
   if [ "$peer" = direct ]; then
     "$loadgen" --ca "${ca[direct]}" --resolve "bench.test:$oport:$origin_addr" \
-      --resolve "untrusted.test:$oport:127.0.0.3" --timeout "$timeout" "$@"
+      --resolve "untrusted.test:$oport:127.0.0.3" --origin-pid "$origin_py" \
+      --timeout "$timeout" "$@"
   else
     "$loadgen" --proxy "${proxy_addr[$peer]}" --ca "${ca[$peer]}" --pid "${pid[$peer]}" \
-      --timeout "$timeout" "$@"
+      --origin-pid "$origin_py" --timeout "$timeout" "$@"
   fi
 }
 
@@ -390,12 +396,17 @@ run() {
   local w=$1 r=$2 p=$3 out
   shift 3
   out="$res/$w.$p.$r"
+  if [ "$p" != direct ] && ! kill -0 "${pid[$p]}" 2>/dev/null; then
+    failures+=("$w/$p (round $((r + 1))): $p is no longer running: $(why "${plog[$p]}")")
+    return
+  fi
   if ! lg "$p" "$@" >"$out" 2>"$out.err"; then
     failures+=("$w/$p (round $((r + 1))): $(why "$out.err")")
     rm -f "$out"
   fi
-  # the origin's access log grows by a line per request
+  # the origin's access log and guard's audit log grow by a line per request
   : >"$work/origin/bench.test.access.log" 2>/dev/null || true
+  [ -e "$work/guard-audit.jsonl" ] && : >"$work/guard-audit.jsonl"
 }
 
 workloads=(keepalive newconn bulk latency hold)
@@ -509,12 +520,11 @@ for w in keepalive newconn bulk latency; do
   for p in "${show[@]}"; do
     c=$(metric "$w" "$p" client_cpu_pct)
     x=$(metric "$w" "$p" proxy_cpu_pct)
+    o=$(metric "$w" "$p" origin_cpu_pct)
     if [ -n "${skip_reason[$p]:-}" ] || [ -z "$c" ]; then
       line+=" n/a |"
-    elif [ "$p" = direct ]; then
-      line+=" $c % |"
     else
-      line+=" $c % / $x % |"
+      line+=" $c / ${x:-–} / ${o:-?} |"
     fi
   done
   cpurows+=("$line")
@@ -538,7 +548,8 @@ echo "| workload | direct | guard | mitmproxy | squid | guard/direct | guard/squ
 echo "|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
-echo "CPU use during each window, % of one core: client (proxy-loadgen) / proxy (its processes)."
+echo "CPU use during each window, % of one core (2 cores in all): client (proxy-loadgen) /"
+echo "proxy (its processes) / origin (nginx, one worker)."
 echo
 echo "| workload | direct | guard | mitmproxy | squid |"
 echo "|---|---|---|---|---|"
