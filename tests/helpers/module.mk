@@ -4,7 +4,7 @@ HELPER_SRC    := $(wildcard tests/helpers/*.c)
 HELPERS       := $(HELPER_SRC:tests/helpers/%.c=$(BUILD)/tests/helpers/%)
 HELPER_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror
 # Helpers that must not depend on the dynamic loader.
-HELPER_STATIC := rawsys
+HELPER_STATIC := rawsys rawnet
 
 $(BUILD)/tests/helpers/%: tests/helpers/%.c
 	@mkdir -p $(dir $@)
