@@ -30,7 +30,7 @@ if ! command -v "$cxx" >/dev/null; then
 fi
 
 # The same flags and libraries as the Makefile (CPPFLAGS, LDLIBS), minus fuse3:
-# the fuzz targets only link policy/. yaml-cpp is built with g++/libstdc++,
+# the fuzz targets only link policy/ and the proxy's wire parsers. yaml-cpp is built with g++/libstdc++,
 # which clang++ also uses by default on Debian.
 bssl_inc=/usr/include/android
 bssl_lib=/usr/lib/x86_64-linux-gnu/android
@@ -57,9 +57,10 @@ fi
 # Library objects: instrumented for coverage (fuzzer-no-link). An object is
 # rebuilt when its source, any policy/ header or this script is newer; a
 # failed compile leaves no object behind.
-newest_dep=$(ls -t policy/*.h scripts/fuzz.sh | head -n1)
+newest_dep=$(ls -t policy/*.h mitm-proxy/*.h scripts/fuzz.sh | head -n1)
 objs=()
-for src in policy/*.cc "$out/obj/policy/default_policy.cc"; do
+for src in policy/*.cc mitm-proxy/dns.cc mitm-proxy/sni.cc mitm-proxy/http.cc \
+           "$out/obj/policy/default_policy.cc"; do
   obj="$out/obj/policy/$(basename "${src%.cc}").o"
   objs+=("$obj")
   if [ -e "$obj" ] && [ "$obj" -nt "$src" ] && [ "$obj" -nt "$newest_dep" ]; then
