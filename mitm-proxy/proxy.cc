@@ -11,7 +11,10 @@
 #include <ares.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_log.h>
 #include <linux/netfilter_ipv4.h>
+#include <linux/netlink.h>
 #include <linux/netfilter_ipv6/ip6_tables.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -293,6 +296,7 @@ class Proxy {
   void dnsQuery(std::span<const uint8_t> packet, std::function<void(std::vector<uint8_t>)> reply);
   void dnsUdp(int fd);
   void dnsTcpAccept(int fd);
+  void dropped(int fd);
   std::string synthesize(const std::string& name, bool v6);
   bool unsynthesize(const policy::IpAddr& ip, std::string* name);
 
@@ -410,6 +414,9 @@ Error Proxy::start(Listeners listeners, int stop_fd) {
   }
   for (int fd : listeners.dns_tcp) {
     add(fd, [this, fd](uint32_t) { dnsTcpAccept(fd); });
+  }
+  for (int fd : listeners.dropped) {
+    add(fd, [this, fd](uint32_t) { dropped(fd); });
   }
   if (stop_fd >= 0) {
     stop_fd_ = stop_fd;
@@ -796,6 +803,78 @@ void Proxy::dnsTcpAccept(int lfd) {
       });
     };
     watch(fd, t, EPOLLIN | EPOLLRDHUP);
+  }
+}
+
+// dropped audits the packets the namespace's rules dropped (NFLOG): every
+// protocol but TCP and DNS, bound anywhere but the agent's own loopback.
+// At most kMaxDropEvents a second are audited one by one; the rest are
+// counted into the next event.
+void Proxy::dropped(int fd) {
+  constexpr int kMaxDropEvents = 50;
+  static Clock::time_point window = Clock::now();
+  static int events = 0;
+  static uint64_t suppressed = 0;
+  alignas(nlmsghdr) char buf[8192];
+  for (;;) {
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) {
+      return;
+    }
+    size_t left = static_cast<size_t>(n);
+    for (auto* nh = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(nh, left); nh = NLMSG_NEXT(nh, left)) {
+      if ((nh->nlmsg_type & 0xff) != NFULNL_MSG_PACKET) {
+        continue;
+      }
+      const char* p = static_cast<const char*>(NLMSG_DATA(nh)) + NLMSG_ALIGN(sizeof(nfgenmsg));
+      const char* end = reinterpret_cast<const char*>(nh) + nh->nlmsg_len;
+      std::string_view payload;
+      while (p + NLA_HDRLEN <= end) {
+        const auto* a = reinterpret_cast<const nlattr*>(p);
+        if (a->nla_len < NLA_HDRLEN || p + a->nla_len > end) {
+          break;
+        }
+        if ((a->nla_type & NLA_TYPE_MASK) == NFULA_PAYLOAD) {
+          payload = std::string_view(p + NLA_HDRLEN, a->nla_len - NLA_HDRLEN);
+        }
+        p += NLA_ALIGN(a->nla_len);
+      }
+      if (payload.empty()) {
+        continue;
+      }
+      // The IP header says what was dropped and where it was going.
+      auto u = [&](size_t i) { return static_cast<uint8_t>(payload[i]); };
+      int version = u(0) >> 4;
+      size_t hlen = version == 4 ? (u(0) & 15) * 4u : 40u;
+      if ((version != 4 && version != 6) || payload.size() < hlen) {
+        continue;
+      }
+      int proto = version == 4 ? u(9) : u(6);
+      char addr[INET6_ADDRSTRLEN] = "";
+      inet_ntop(version == 4 ? AF_INET : AF_INET6, payload.data() + (version == 4 ? 16 : 24), addr,
+                sizeof(addr));
+      std::string target = addr;
+      const char* pname = proto == IPPROTO_UDP ? "udp" : proto == IPPROTO_TCP ? "tcp"
+                          : proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 ? "icmp" : "ip";
+      if ((proto == IPPROTO_UDP || proto == IPPROTO_TCP) && payload.size() >= hlen + 4) {
+        target = (version == 6 ? "[" + target + "]" : target) + ":" + std::to_string(u(hlen + 2) << 8 | u(hlen + 3));
+      }
+      if (Clock::now() - window > std::chrono::seconds(1)) {
+        window = Clock::now();
+        events = 0;
+      }
+      if (++events > kMaxDropEvents) {
+        ++suppressed;
+        continue;
+      }
+      nlohmann::json details = {{"protocol", pname}};
+      if (suppressed > 0) {
+        details["suppressed_before"] = suppressed;
+        suppressed = 0;
+      }
+      audit("packet", std::string(pname) + " " + target, "deny", nullptr,
+            "only TCP (through the proxy) and DNS leave the agent's network namespace", details);
+    }
   }
 }
 
@@ -1785,7 +1864,11 @@ Error receiveListeners(int fd, Listeners* out) {
     return Error(ErrorCode::kIo, "the jail's listener message is inconsistent");
   }
   for (size_t i = 0; i < count; ++i) {
-    (kinds[i] == 'T' ? out->tcp : kinds[i] == 'U' ? out->dns_udp : out->dns_tcp).push_back(fds[i]);
+    std::vector<int>* list = kinds[i] == 'T'   ? &out->tcp
+                             : kinds[i] == 'U' ? &out->dns_udp
+                             : kinds[i] == 'D' ? &out->dns_tcp
+                                               : &out->dropped;
+    list->push_back(fds[i]);
   }
   return Error();
 }

@@ -44,6 +44,7 @@ struct Listeners {
   std::vector<int> tcp;      // transparent capture and explicit proxy requests
   std::vector<int> dns_udp;  // DNS over UDP
   std::vector<int> dns_tcp;  // DNS over TCP (RFC 7766)
+  std::vector<int> dropped;  // NFLOG netlink sockets reporting dropped packets
 };
 
 // serveProxy runs the proxy until STOP_FD reports EOF (or readable data);
@@ -59,7 +60,8 @@ struct ProxyProcess {
   // jail_fd is the socket (SOCK_SEQPACKET) the jail sends its listeners on:
   // one message whose payload has one byte per descriptor passed with
   // SCM_RIGHTS: 'T' a TCP listener, 'U' a DNS UDP socket, 'D' a DNS TCP
-  // listener. The caller passes it to the jail and closes its copy.
+  // listener, 'L' an NFLOG socket of dropped packets. The caller passes it
+  // to the jail and closes its copy.
   int jail_fd = -1;
 };
 

@@ -3,6 +3,8 @@
 #include "vmhost/netns.h"
 
 #include <arpa/inet.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_log.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
@@ -71,7 +73,9 @@ bool addLocalDefault(int family) {
 bool installRules(uint16_t proxy_port, std::string* why) {
   // The loopback of the namespace stays the agent's own (its dev servers,
   // its tests); everything else is captured or dropped. Dropped packets go
-  // to NFLOG group 7 and a counter.
+  // to NFLOG group 7 and a counter. With every address local, a flow's
+  // source is the address it was sent to, so the proxy's replies to a
+  // redirected flow leave for a non-loopback address: conntrack knows them.
   std::string rules =
       "table inet guard {\n"
       "  chain capture {\n"
@@ -85,6 +89,7 @@ bool installRules(uint16_t proxy_port, std::string* why) {
       "    type filter hook output priority 0; policy drop;\n"
       "    ip daddr 127.0.0.0/8 accept\n"
       "    ip6 daddr ::1 accept\n"
+      "    ct status dnat accept\n"  // both directions of a redirected flow
       "    counter log group 7 drop\n"
       "  }\n"
       "}\n";
@@ -109,6 +114,56 @@ bool installRules(uint16_t proxy_port, std::string* why) {
     return false;
   }
   return true;
+}
+
+// nflogSocket subscribes to NFLOG group 7, where the rules send every
+// dropped packet (its first 128 bytes), so the proxy can audit them.
+int nflogSocket() {
+  int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_NETFILTER);
+  if (s < 0) {
+    return -1;
+  }
+  sockaddr_nl local{};
+  local.nl_family = AF_NETLINK;
+  if (bind(s, reinterpret_cast<sockaddr*>(&local), sizeof(local)) != 0) {
+    close(s);
+    return -1;
+  }
+  struct {
+    nlmsghdr nh;
+    nfgenmsg nf;
+    nlattr cmd_attr;
+    nfulnl_msg_config_cmd cmd;
+    uint8_t pad1[3];
+    nlattr mode_attr;
+    nfulnl_msg_config_mode mode;
+    uint8_t pad2[2];
+    nlattr qthresh_attr;
+    uint32_t qthresh;  // deliver each packet at once, not after the 1 s flush timer
+  } req{};
+  req.nh.nlmsg_len = sizeof(req);
+  req.nh.nlmsg_type = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG;
+  req.nh.nlmsg_flags = NLM_F_REQUEST;
+  req.nf.nfgen_family = AF_UNSPEC;
+  req.nf.version = NFNETLINK_V0;
+  req.nf.res_id = htons(7);
+  req.cmd_attr.nla_len = NLA_HDRLEN + sizeof(req.cmd);
+  req.cmd_attr.nla_type = NFULA_CFG_CMD;
+  req.cmd.command = NFULNL_CFG_CMD_BIND;
+  req.mode_attr.nla_len = NLA_HDRLEN + sizeof(req.mode);
+  req.mode_attr.nla_type = NFULA_CFG_MODE;
+  req.mode.copy_range = htonl(128);
+  req.mode.copy_mode = NFULNL_COPY_PACKET;
+  req.qthresh_attr.nla_len = NLA_HDRLEN + sizeof(req.qthresh);
+  req.qthresh_attr.nla_type = NFULA_CFG_QTHRESH;
+  req.qthresh = htonl(1);
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  if (sendto(s, &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel)) < 0) {
+    close(s);
+    return -1;
+  }
+  return s;
 }
 
 int listener(int family, int type, uint16_t port) {
@@ -184,6 +239,12 @@ bool setupNetwork(int net_fd, uint16_t proxy_port, std::string* what) {
     }
     fds.push_back(s);
     kinds += w.kind;
+  }
+  // Dropped packets are audited when the kernel offers NFLOG here; the
+  // drop itself never depends on it.
+  if (int log = nflogSocket(); log >= 0) {
+    fds.push_back(log);
+    kinds += 'L';
   }
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)] = {};
   iovec iov{kinds.data(), kinds.size()};

@@ -13,7 +13,8 @@ namespace guard::vmhost {
 // UDP and TCP port 53 to the DNS responder on port 53, everything not bound
 // for loopback dropped), creates the listening sockets and sends them to the
 // proxy over NET_FD (one SOCK_SEQPACKET message: one kind byte per
-// descriptor, 'T' TCP listener, 'U' DNS over UDP, 'D' DNS over TCP).
+// descriptor, 'T' TCP listener, 'U' DNS over UDP, 'D' DNS over TCP, 'L' a
+// netlink socket receiving the dropped packets from NFLOG group 7).
 // Returns false with *WHAT naming the failed step and errno set.
 bool setupNetwork(int net_fd, uint16_t proxy_port, std::string* what);
 

@@ -246,6 +246,11 @@ TEST_CASE("addresses instead of names, UDP, raw sockets and a static binary reac
   CHECK(std::any_of(connects.begin(), connects.end(), [](const nlohmann::json& e) {
     return has(e.value("target", ""), "192.0.2.10") && e.value("decision", "") == "deny";
   }));
+  // The dropped UDP datagram is audited too.
+  auto packets = n.events("packet");
+  CHECK(std::any_of(packets.begin(), packets.end(), [](const nlohmann::json& e) {
+    return e.value("target", "") == "udp 192.0.2.10:9" && e.value("decision", "") == "deny";
+  }));
 }
 
 TEST_CASE("domain fronting is refused both ways", "[integration][net][adversarial]") {
