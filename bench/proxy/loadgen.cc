@@ -1012,6 +1012,7 @@ class Worker {
                      (e == SSL_ERROR_SYSCALL && errno == ECONNRESET);
           if (c.st == St::kHeld) {
             ERR_clear_error();
+            sh_->noteError("the proxy closed a held connection");
             st_.held_closed++;
             closeConn(c);
             return;

@@ -220,11 +220,8 @@ started+=($!)
 wait_for "dns_upstream.py" "$!" test -s "$work/dns.port" || die "DNS server failed: $(why "$work/dns.out")"
 dport=$(cat "$work/dns.port")
 
-# per peer: process, its log, the CA the client trusts, listen address
-declare -A pid plog ca proxy_addr
-plog[guard]=$work/guard.log
-plog[mitmproxy]=$work/mitmproxy.log
-plog[squid]=$work/squid/cache.log
+# per peer: process, the CA the client trusts, listen address, exited
+declare -A pid ca proxy_addr dead
 ca[direct]=$test_ca
 
 # shellcheck disable=SC2317  # called by name (start_$p) or only from such functions
@@ -397,19 +394,27 @@ run() {
   shift 3
   out="$res/$w.$p.$r"
   if [ "$p" != direct ] && ! kill -0 "${pid[$p]}" 2>/dev/null; then
-    failures+=("$w/$p (round $((r + 1))): $p is no longer running: $(why "${plog[$p]}")")
+    if [ -z "${dead[$p]:-}" ]; then  # say it once; its later runs are skipped
+      local st=0
+      wait "${pid[$p]}" 2>/dev/null || st=$?
+      [ "$st" -gt 128 ] && [ "$st" != 255 ] && st="$st (signal $((st - 128)))"
+      dead[$p]=1
+      failures+=("$p exited with status $st before $w in round $((r + 1)); its later runs were skipped")
+    fi
     return
   fi
   if ! lg "$p" "$@" >"$out" 2>"$out.err"; then
-    failures+=("$w/$p (round $((r + 1))): $(why "$out.err")")
-    rm -f "$out"
+    failures+=("$w/$p (round $((r + 1))): $(grep -m1 proxy-loadgen "$out.err" || why "$out.err")")
+    # a hold run that kept most connections open still measured the memory
+    awk '$1 == "held" && $2 > 0 { f = 1 } END { exit !f }' "$out" || rm -f "$out"
   fi
   # the origin's access log and guard's audit log grow by a line per request
   : >"$work/origin/bench.test.access.log" 2>/dev/null || true
   [ -e "$work/guard-audit.jsonl" ] && : >"$work/guard-audit.jsonl"
 }
 
-workloads=(keepalive newconn bulk latency hold)
+# hold first: in round 1 every proxy's memory is measured before any load
+workloads=(hold keepalive newconn bulk latency)
 for ((r = 0; r < rounds; r++)); do
   log "round $((r + 1)) of $rounds"
   wi=0
