@@ -53,8 +53,11 @@ namespace {
 // go through the view, so the kernel's cache stays coherent with them; the
 // timeout only bounds how long a change made on the host side goes unseen.
 // Paths the agent cannot change (read-only, hidden) change only when the
-// host updates them (a package upgrade), so they are cached longer.
-constexpr double kEntryTimeout = 1.0;
+// host updates them (a package upgrade), so they are cached longer. A name
+// found missing on a writable path is forgotten sooner than one found, so
+// that a file the user creates on the host soon shows.
+constexpr double kEntryTimeout = 5.0;
+constexpr double kNegativeTimeout = 1.0;
 constexpr double kReadOnlyTimeout = 30.0;
 
 double timeoutFor(const Verdict& v) {
@@ -81,6 +84,7 @@ struct Node {
   dev_t dev = 0;
   ino_t ino = 0;
   bool is_dir = false;
+  bool is_reg = false;
   bool traverse_only = false;  // hidden directory shown bare, to reach visible descendants
   bool synthetic = false;      // a mount point the jail covers
   bool overlay = false;        // served from a memfd (ViewOptions::overlays)
@@ -128,6 +132,7 @@ class View {
   void stop();
   Error detachHostMount();
   bool failed() const { return loop_error_.load(); }
+  bool writeback() const { return writeback_; }
 
   // ---- FUSE operations (static trampolines call these) -----------------
   void init(fuse_conn_info* conn);
@@ -147,7 +152,10 @@ class View {
   void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
               fuse_file_info* fi);
   void opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
-  void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi);
+  // readdir lists a directory without the hidden names; PLUS (readdirplus)
+  // also looks each file up, so that stat after a listing needs no request.
+  void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+               bool plus);
   void statfs(fuse_req_t req, fuse_ino_t ino);
   void setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                 int flags);
@@ -218,15 +226,26 @@ class View {
     std::unique_lock<std::mutex> lock(hidden_mu_);
     scan_cv_.wait(lock, [this] { return scan_done_; });
   }
-  void replyEntry(fuse_req_t req, Node* n, const struct stat& st);
+  // resolve looks NAME up in PARENT for lookup and readdirplus. Returns 0
+  // with OUT holding a node, counted once, and its attributes; ENOENT, with
+  // OUT->entry_timeout set when the kernel may cache the absence; or another
+  // errno. LISTING (readdirplus) skips the first-access audit: the agent
+  // only listed the name.
+  int resolve(fuse_req_t req, Node* parent, const char* name, bool listing,
+              fuse_entry_param* out);
   NodeFd fdOf(Node* n);
+  // openNode opens N's host object for I/O with the open FLAGS; returns the
+  // descriptor or -errno. A regular file is opened by name from its parent
+  // (two calls fewer than through an O_PATH descriptor and /proc), checked
+  // to be the node's object still; O_NONBLOCK, until then, keeps a FIFO the
+  // host swapped in from blocking the worker.
+  int openNode(Node* n, int flags);
   // attachLocked returns PARENT's child NAME for the object ST, reusing the
   // node when it is the same object and replacing it when not; FD (may be
   // -1) is kept for directories, synthetic and overlay nodes, else closed.
   // Returns null when out of memory. Callers hold mu_ and count the lookup.
   Node* attachLocked(Node* parent, const char* name, const struct stat& st, int fd,
                      bool synthetic, bool overlay);
-  void replyNegative(fuse_req_t req, double timeout);
   void dropLocked(Node* n, uint64_t count);
 
   const policy::Policy& policy_;
@@ -251,6 +270,7 @@ class View {
   std::atomic<bool> loop_error_{false};
   std::atomic<bool> stopping_{false};
   bool host_mounted_ = false;
+  bool writeback_ = false;  // the kernel caches writes (FUSE_CAP_WRITEBACK_CACHE)
 };
 
 NodeFd View::fdOf(Node* n) {
@@ -334,27 +354,6 @@ int View::checkWrite(fuse_req_t req, const std::string& path, const Verdict& v,
   return 0;
 }
 
-// replyNegative answers ENOENT in a form the kernel may cache for TIMEOUT
-// seconds (a zero node id); a create through the view replaces it at once.
-void View::replyNegative(fuse_req_t req, double timeout) {
-  fuse_entry_param e{};
-  e.ino = 0;
-  e.entry_timeout = timeout;
-  fuse_reply_entry(req, &e);
-}
-
-void View::replyEntry(fuse_req_t req, Node* n, const struct stat& st) {
-  fuse_entry_param e{};
-  e.ino = reinterpret_cast<fuse_ino_t>(n);
-  e.attr = st;
-  e.attr_timeout = timeoutFor(n->write_verdict);
-  e.entry_timeout = e.attr_timeout;
-  if (fuse_reply_entry(req, &e) == -ENOENT) {
-    // The kernel gave up on the request (interrupted); undo the lookup.
-    forget(e.ino, 1);
-  }
-}
-
 Node* View::attachLocked(Node* parent, const char* name, const struct stat& st, int fd,
                          bool synthetic, bool overlay) {
   auto it = parent->children.find(name);
@@ -377,6 +376,7 @@ Node* View::attachLocked(Node* parent, const char* name, const struct stat& st, 
   n->dev = st.st_dev;
   n->ino = st.st_ino;
   n->is_dir = S_ISDIR(st.st_mode);
+  n->is_reg = S_ISREG(st.st_mode);
   n->synthetic = synthetic;
   n->overlay = overlay;
   // Directories keep a descriptor (children are opened relative to it);
@@ -398,10 +398,21 @@ Node* View::attachLocked(Node* parent, const char* name, const struct stat& st, 
 }
 
 void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
-  Node* parent = node(parent_ino);
+  fuse_entry_param e{};
+  int err = resolve(req, node(parent_ino), name, false, &e);
+  if (err == 0 || (err == ENOENT && e.entry_timeout > 0)) {
+    if (fuse_reply_entry(req, &e) == -ENOENT && e.ino != 0) {
+      forget(e.ino, 1);  // the kernel gave up on the request (interrupted): undo the lookup
+    }
+  } else {
+    fuse_reply_err(req, err);
+  }
+}
+
+int View::resolve(fuse_req_t req, Node* parent, const char* name, bool listing,
+                  fuse_entry_param* out) {
   if (parent->synthetic || strcmp(name, "..") == 0 || strcmp(name, ".") == 0) {
-    fuse_reply_err(req, ENOENT);
-    return;
+    return ENOENT;
   }
   std::string path = join(pathOf(parent), name);
   Verdict v = policy_.file(path, FileOp::kWrite);
@@ -418,22 +429,20 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
   }
   if (overlay_fd >= 0) {
     if (fstat(overlay_fd, &st) != 0) {
-      fuse_reply_err(req, errno);
-      return;
+      return errno;
     }
   } else if (synthetic) {
     if (fstat(empty_dir_fd_, &st) != 0) {
-      fuse_reply_err(req, errno);
-      return;
+      return errno;
     }
   } else {
     if (fstatat(parent->fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-      if (errno == ENOENT) {
-        replyNegative(req, timeoutFor(v));  // PATH and module searches ask again and again
-      } else {
-        fuse_reply_err(req, errno);
+      if (errno != ENOENT) {
+        return errno;
       }
-      return;
+      // PATH and module searches ask again and again
+      out->entry_timeout = v.access == Access::kReadWrite ? kNegativeTimeout : kReadOnlyTimeout;
+      return ENOENT;
     }
     if (v.access == Access::kHidden) {
       if (S_ISDIR(st.st_mode) && policy_.revealsBelow(path)) {
@@ -443,8 +452,8 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
           noteHidden(st.st_dev, st.st_ino);
         }
         audit(req, path, policy_.file(path, FileOp::kRead), "lookup");
-        replyNegative(req, kReadOnlyTimeout);  // hidden stays hidden: cache the answer
-        return;
+        out->entry_timeout = kReadOnlyTimeout;  // hidden stays hidden: cache the answer
+        return ENOENT;
       }
     }
     // A second name for a hidden file (a hard link made before or during the
@@ -458,24 +467,28 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
       hv.access = Access::kHidden;
       hv.reason = "hard link to a hidden file";
       audit(req, path, hv, "lookup");
-      fuse_reply_err(req, ENOENT);
-      return;
+      return ENOENT;
     }
   }
-  int fd = overlay_fd >= 0 ? dup(overlay_fd)
-           : synthetic     ? dup(empty_dir_fd_)
-                           : openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) {
-    fuse_reply_err(req, errno);
-    return;
-  }
-  if (!synthetic && overlay_fd < 0) {
+  // Only directories (children are opened relative to them), synthetic and
+  // overlay nodes keep a descriptor; a file is reopened from its parent when
+  // used, and fdOf checks that it is still the object stat saw here.
+  int fd = -1;
+  if (overlay_fd >= 0 || synthetic) {
+    fd = dup(overlay_fd >= 0 ? overlay_fd : empty_dir_fd_);
+    if (fd < 0) {
+      return errno;
+    }
+  } else if (S_ISDIR(st.st_mode)) {
+    fd = openat(parent->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+      return errno;
+    }
     struct stat st2 {};
     if (fstatat(fd, "", &st2, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0 ||
         st2.st_ino != st.st_ino || st2.st_dev != st.st_dev) {
       close(fd);  // replaced between the check and the open: let the kernel retry
-      fuse_reply_err(req, ESTALE);
-      return;
+      return ESTALE;
     }
   }
   Node* n = nullptr;
@@ -483,8 +496,7 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
     std::lock_guard<std::mutex> lock(mu_);
     n = attachLocked(parent, name, st, fd, synthetic, overlay_fd >= 0);
     if (n == nullptr) {
-      fuse_reply_err(req, ENOMEM);
-      return;
+      return ENOMEM;
     }
     n->traverse_only = traverse;
     n->write_verdict = synthetic ? Verdict{} : v;
@@ -496,13 +508,18 @@ void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
   }
   if (v.decision == Decision::kWouldDeny && v.access == Access::kHidden && !traverse) {
     audit(req, path, policy_.file(path, FileOp::kRead), "lookup");
-  } else if (opts_.allowed_audit == AllowedAudit::kFirst && !n->audited_any.exchange(true)) {
+  } else if (opts_.allowed_audit == AllowedAudit::kFirst && !listing &&
+             !n->audited_any.exchange(true)) {
     audit(req, path, policy_.file(path, FileOp::kRead), "lookup");
   }
   if (traverse) {
     st.st_mode = (st.st_mode & ~07777) | 0555;
   }
-  replyEntry(req, n, st);
+  out->ino = reinterpret_cast<fuse_ino_t>(n);
+  out->attr = st;
+  out->attr_timeout = timeoutFor(n->write_verdict);
+  out->entry_timeout = out->attr_timeout;
+  return 0;
 }
 
 void View::dropLocked(Node* n, uint64_t count) {
@@ -787,24 +804,70 @@ void View::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (opts_.allowed_audit == AllowedAudit::kFirst && !writes && !n->audited_any.exchange(true)) {
     audit(req, pathOf(n), policy_.file(pathOf(n), FileOp::kRead), "open");
   }
-  NodeFd nfd = fdOf(n);
-  if (nfd.get() < 0) {
-    fuse_reply_err(req, nfd.err());
-    return;
+  int flags = fi->flags;
+  if (writes && writeback_) {
+    // The writeback cache reads the pages around a partial write through any
+    // descriptor that writes, so a write-only open reads too on the host: a
+    // node is a name the policy shows, which it lets the agent read. The
+    // kernel places appended data itself, at offsets it sends.
+    if (acc == O_WRONLY && policy_.file(pathOf(n), FileOp::kRead).decision != Decision::kDeny) {
+      flags = (flags & ~O_ACCMODE) | O_RDWR;
+    }
+    flags &= ~O_APPEND;
   }
-  int fd = ::open(procPath(nfd.get()).c_str(), (fi->flags & ~(O_NOFOLLOW | O_CREAT)) | O_CLOEXEC);
+  int fd = openNode(n, flags);
+  if (fd == -EACCES && flags != fi->flags) {
+    fd = openNode(n, fi->flags & ~O_APPEND);  // the host grants the user writing only
+  }
   if (fd < 0) {
-    fuse_reply_err(req, errno);
+    fuse_reply_err(req, -fd);
     return;
   }
   fi->fh = static_cast<uint64_t>(fd);
-  // Files the agent cannot change keep their page cache across opens (a
-  // library mapped by every process); others are re-read when reopened so a
-  // change made on the host shows.
-  fi->keep_cache = n->write_verdict.access != Access::kReadWrite ? 1 : 0;
+  // Every file keeps its page cache across opens: writes go through the
+  // view, and a change made on the host shows once the attributes expire
+  // (the kernel drops cached pages when size or mtime changed).
+  fi->keep_cache = 1;
   // A descriptor that cannot write has nothing to flush on close.
   fi->noflush = writes ? 0 : 1;
   fuse_reply_open(req, fi);
+}
+
+int View::openNode(Node* n, int flags) {
+  flags = (flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL)) | O_CLOEXEC;
+  if (!n->is_reg || n->fd >= 0) {
+    NodeFd nfd = fdOf(n);
+    if (nfd.get() < 0) {
+      return -nfd.err();
+    }
+    int fd = ::open(procPath(nfd.get()).c_str(), flags);
+    return fd < 0 ? -errno : fd;
+  }
+  int dir_fd;
+  std::string name;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (n->parent == nullptr) {
+      return -ESTALE;  // removed or replaced since it was looked up
+    }
+    dir_fd = n->parent->fd;
+    name = n->name;
+  }
+  int fd = openat(dir_fd, name.c_str(), flags | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) {
+    return errno == ENOENT || errno == ELOOP ? -ESTALE : -errno;
+  }
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || st.st_dev != n->dev || st.st_ino != n->ino) {
+    close(fd);
+    return -ESTALE;  // the name now holds another object
+  }
+  if ((flags & O_NONBLOCK) == 0 && fcntl(fd, F_SETFL, flags) != 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
 }
 
 void View::create(fuse_req_t req, fuse_ino_t parent_ino, const char* name, mode_t mode,
@@ -819,7 +882,15 @@ void View::create(fuse_req_t req, fuse_ino_t parent_ino, const char* name, mode_
     fuse_reply_err(req, err);
     return;
   }
-  int fd = openat(parent->fd, name, (fi->flags | O_CREAT | O_NOFOLLOW) | O_CLOEXEC, mode);
+  int flags = fi->flags;
+  if (writeback_) {
+    flags = (flags & ~(O_ACCMODE | O_APPEND)) | O_RDWR;  // as in open(): a new file may be read
+  }
+  int fd = openat(parent->fd, name, flags | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode);
+  if (fd < 0 && errno == EACCES && flags != fi->flags) {
+    fd = openat(parent->fd, name, (fi->flags & ~O_APPEND) | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
+                mode);
+  }
   if (fd < 0) {
     fuse_reply_err(req, errno);
     return;
@@ -847,8 +918,9 @@ void View::create(fuse_req_t req, fuse_ino_t parent_ino, const char* name, mode_
   fuse_entry_param e{};
   e.ino = reinterpret_cast<fuse_ino_t>(n);
   e.attr = st;
-  e.attr_timeout = kEntryTimeout;
-  e.entry_timeout = kEntryTimeout;
+  e.attr_timeout = timeoutFor(v);
+  e.entry_timeout = e.attr_timeout;
+  fi->keep_cache = 1;
   fuse_reply_create(req, &e, fi);
 }
 
@@ -874,7 +946,8 @@ void View::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fuse_reply_open(req, fi);
 }
 
-void View::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+void View::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+                   bool plus) {
   Node* n = node(ino);
   auto* d = reinterpret_cast<DirHandle*>(fi->fh);
   char* buf = static_cast<char*>(calloc(1, size));
@@ -890,6 +963,7 @@ void View::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
   std::string dir = pathOf(n);
   size_t used = 0;
   bool synthetic_dir = n->synthetic;
+  std::vector<fuse_ino_t> counted;  // nodes this reply hands the kernel a lookup of
   for (;;) {
     if (d->entry == nullptr) {
       errno = 0;
@@ -900,8 +974,9 @@ void View::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
     }
     struct dirent* ent = d->entry;
     off_t next = ent->d_off;
+    bool dot = strcmp(ent->d_name, ".") == 0 || strcmp(ent->d_name, "..") == 0;
     bool show = !synthetic_dir;
-    if (show && strcmp(ent->d_name, ".") != 0 && strcmp(ent->d_name, "..") != 0) {
+    if (show && !dot) {
       std::string path = join(dir, ent->d_name);
       if (n == &root_ && (isSynthetic(path) || isMountpoint(path))) {
         show = true;
@@ -917,10 +992,35 @@ void View::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
       }
     }
     if (show) {
-      struct stat st {};
-      st.st_ino = ent->d_ino;
-      st.st_mode = static_cast<mode_t>(ent->d_type) << 12;
-      size_t len = fuse_add_direntry(req, buf + used, size - used, ent->d_name, &st, next);
+      fuse_entry_param e{};
+      e.attr.st_ino = ent->d_ino;
+      e.attr.st_mode = static_cast<mode_t>(ent->d_type) << 12;
+      size_t len;
+      if (!plus) {
+        len = fuse_add_direntry(req, buf + used, size - used, ent->d_name, &e.attr, next);
+      } else if (fuse_add_direntry_plus(req, nullptr, 0, ent->d_name, nullptr, 0) >
+                 size - used) {
+        break;  // keep d->entry for the next call, before resolve counts a lookup
+      } else {
+        // Directories are left to a lookup of their own: their nodes hold a
+        // descriptor, and a listing should not open one per subdirectory.
+        // An entry with node id 0 is a plain name to the kernel.
+        if (!dot && ent->d_type != DT_DIR) {
+          fuse_entry_param plain = e;
+          int err = resolve(req, n, ent->d_name, true, &e);
+          if (err == ENOENT) {
+            d->entry = nullptr;  // hidden after all (a link to a hidden file), or gone
+            d->offset = next;
+            continue;
+          }
+          if (err != 0 || e.ino == 0) {
+            e = plain;  // the kernel's own lookup will meet the error
+          } else {
+            counted.push_back(e.ino);
+          }
+        }
+        len = fuse_add_direntry_plus(req, buf + used, size - used, ent->d_name, &e, next);
+      }
       if (len > size - used) {
         break;  // keep d->entry for the next call
       }
@@ -929,7 +1029,11 @@ void View::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
     d->entry = nullptr;
     d->offset = next;
   }
-  fuse_reply_buf(req, buf, used);
+  if (fuse_reply_buf(req, buf, used) != 0) {
+    for (fuse_ino_t counted_ino : counted) {
+      forget(counted_ino, 1);  // the kernel dropped the reply: undo its lookups
+    }
+  }
   free(buf);
 }
 
@@ -1038,6 +1142,20 @@ void View::init(fuse_conn_info* conn) {
   }
   if (conn->capable & FUSE_CAP_HANDLE_KILLPRIV) {
     conn->want |= FUSE_CAP_HANDLE_KILLPRIV;  // the host kernel clears suid bits on write itself
+  }
+  // Listings carry each file's attributes (readdirplus), always rather than
+  // when the kernel guesses they are wanted: find and git read a whole
+  // directory before they stat its files, and each lookup saved is a round trip.
+  if (conn->capable & FUSE_CAP_READDIRPLUS) {
+    conn->want |= FUSE_CAP_READDIRPLUS;
+    conn->want &= ~static_cast<unsigned>(FUSE_CAP_READDIRPLUS_AUTO);
+  }
+  // The writeback cache: writes land in the page cache and reach the host in
+  // large batches, and a file read right after it was written is served
+  // from memory. See ViewOptions::writeback_cache for what it costs.
+  if (opts_.writeback_cache && (conn->capable & FUSE_CAP_WRITEBACK_CACHE)) {
+    conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+    writeback_ = true;
   }
   conn->want &= ~static_cast<unsigned>(FUSE_CAP_EXPORT_SUPPORT);
   conn->max_write = 1 << 20;
@@ -1283,6 +1401,13 @@ void opWriteBuf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off, fuse_fil
   n < 0 ? fuse_reply_err(req, static_cast<int>(-n)) : fuse_reply_write(req, static_cast<size_t>(n));
 }
 void opFlush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  if (self(req)->writeback()) {
+    // With the writeback cache the kernel writes dirty pages back before it
+    // flushes, and sends a flush on every close, even of a read-only
+    // descriptor: ENOSYS stops it asking, saving a round trip per close.
+    fuse_reply_err(req, ENOSYS);
+    return;
+  }
   int fd = dup(static_cast<int>(fi->fh));
   fuse_reply_err(req, fd < 0 ? errno : (close(fd) == 0 ? 0 : errno));
 }
@@ -1298,7 +1423,11 @@ void opOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(req, [&] { self(req)->opendir(req, ino, fi); });
 }
 void opReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
-  guarded(req, [&] { self(req)->readdir(req, ino, size, off, fi); });
+  guarded(req, [&] { self(req)->readdir(req, ino, size, off, fi, false); });
+}
+void opReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                   fuse_file_info* fi) {
+  guarded(req, [&] { self(req)->readdir(req, ino, size, off, fi, true); });
 }
 void opReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   auto* d = reinterpret_cast<DirHandle*>(fi->fh);
@@ -1359,6 +1488,7 @@ fuse_lowlevel_ops makeOps() {
   ops.fsync = opFsync;
   ops.opendir = opOpendir;
   ops.readdir = opReaddir;
+  ops.readdirplus = opReaddirplus;
   ops.releasedir = opReleasedir;
   ops.fsyncdir = opFsyncdir;
   ops.statfs = opStatfs;
