@@ -413,8 +413,9 @@ run() {
   [ -e "$work/guard-audit.jsonl" ] && : >"$work/guard-audit.jsonl"
 }
 
-# hold first: in round 1 every proxy's memory is measured before any load
-workloads=(hold keepalive newconn bulk latency)
+# hold first: in round 1 every proxy's memory is measured before any load;
+# newconn last: a proxy that crashes under it still has its other rows
+workloads=(hold keepalive bulk latency newconn)
 for ((r = 0; r < rounds; r++)); do
   log "round $((r + 1)) of $rounds"
   wi=0
