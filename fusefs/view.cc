@@ -1004,8 +1004,15 @@ void View::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
       } else {
         // Directories are left to a lookup of their own: their nodes hold a
         // descriptor, and a listing should not open one per subdirectory.
-        // An entry with node id 0 is a plain name to the kernel.
+        // Names the kernel already looked up need nothing new (git status
+        // stats every file before it lists). An entry with node id 0 is a
+        // plain name to the kernel.
+        bool known = false;
         if (!dot && ent->d_type != DT_DIR) {
+          std::lock_guard<std::mutex> lock(mu_);
+          known = n->children.count(ent->d_name) != 0;
+        }
+        if (!dot && ent->d_type != DT_DIR && !known) {
           fuse_entry_param plain = e;
           int err = resolve(req, n, ent->d_name, true, &e);
           if (err == ENOENT) {
