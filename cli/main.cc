@@ -3,10 +3,12 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <charconv>
 #include <climits>
 #include <cstring>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 
 #include "policy/loader.h"
@@ -90,6 +92,63 @@ bool splitHostPort(const std::string& in, std::string* host, uint16_t* port) {
     *port = static_cast<uint16_t>(v);
   }
   return !host->empty();
+}
+
+// replay decides every DNS query and connection of a capture (--record)
+// again under the policy and prints each decision that changes. Exit 0 when
+// none does, 3 when some does, 1 for an unreadable capture.
+int replay(const std::vector<std::string>& files, const std::string& capture) {
+  Context ctx;
+  guard::policy::Loaded loaded;
+  auto policy = loadFor(files, &ctx, &loaded);
+  if (!policy.ok()) {
+    std::fprintf(stderr, "%s\n", policy.error().message().c_str());
+    return kExitPolicyError;
+  }
+  const Policy& p = policy.value();
+  std::ifstream in(capture);
+  if (!in) {
+    return fail(capture + ": " + strerror(errno), kExitPolicyError);
+  }
+  std::string line;
+  size_t lineno = 0;
+  size_t flows = 0;
+  size_t changed = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    auto e = nlohmann::json::parse(line, nullptr, false);
+    if (e.is_discarded() || !e.is_object()) {
+      return fail(capture + ":" + std::to_string(lineno) + ": not a capture line (JSON object)",
+                  kExitPolicyError);
+    }
+    std::string event = e.value("event", "");
+    std::string before = e.value("decision", "");
+    Verdict v;
+    std::string what;
+    if (event == "dns") {
+      what = "resolve " + e.value("name", "");
+      v = p.dns(e.value("name", ""));
+    } else if (event == "connect") {
+      std::string host;
+      uint16_t port = 0;
+      what = "connect " + e.value("target", "");
+      if (!splitHostPort(e.value("target", ""), &host, &port)) {
+        continue;
+      }
+      v = p.host(host, port);
+    } else {
+      continue;
+    }
+    ++flows;
+    std::string after = guard::policy::decisionName(v.decision);
+    if (after != before) {
+      ++changed;
+      std::printf("%s: %s -> %s (rule %s, %s)\n", what.c_str(), before.c_str(), after.c_str(),
+                  std::string(v.rule.id).c_str(), v.rule.source().c_str());
+    }
+  }
+  std::printf("%zu flows replayed, %zu decided differently\n", flows, changed);
+  return changed == 0 ? kExitOk : kExitDenied;
 }
 
 int explain(const std::vector<std::string>& files, const std::vector<std::string>& args) {
@@ -270,6 +329,15 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile)
       ->allow_extra_args(false);
   exp->add_option("request", explain_args, "the request to decide")->required();
+  std::string capture_file;
+  auto* rep = pol->add_subcommand(
+      "replay",
+      "decide every DNS query and connection of a capture (guard --record FILE) again\n"
+      "under a policy; print each decision that changes (exit 0 none, 3 some)");
+  rep->add_option("--policy", policy_files, "policy file; repeat to layer")
+      ->check(CLI::ExistingFile)
+      ->allow_extra_args(false);
+  rep->add_option("CAPTURE", capture_file, "the capture (JSON Lines)")->required()->check(CLI::ExistingFile);
 
   guard::cli::ProxyCommandOptions px;
   auto* prx = app.add_subcommand(
@@ -331,6 +399,9 @@ int main(int argc, char** argv) {
   }
   if (*exp) {
     return explain(policy_files, explain_args);
+  }
+  if (*rep) {
+    return replay(policy_files, capture_file);
   }
   if (cmd.empty()) {
     std::fputs(app.help().c_str(), stderr);

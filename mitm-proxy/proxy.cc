@@ -212,6 +212,7 @@ struct Conn {
   Clock::time_point last = Clock::now();
   bool established = false;  // past the decision and handshakes: idle timeout applies
   bool dead = false;
+  bool destroyed = false;  // closed; freed once the current batch of events is done
   bool close_after_flush = false;
 
   std::string name;       // the domain the connection is for (may be empty)
@@ -320,6 +321,9 @@ class Proxy {
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns_;
   uint64_t next_id_ = 1;
   std::unordered_map<std::string, Resolution> cache_;
+  std::vector<std::function<void()>> deferred_;  // run from the loop, after the events
+  std::vector<std::unique_ptr<Conn>> graveyard_;  // destroyed during this batch
+  std::vector<std::unique_ptr<Fd>> fd_graveyard_;
   std::unordered_map<std::string, uint32_t> synth_index_;
   std::vector<std::string> synth_names_;
   uint32_t synth_next_ = 0;
@@ -330,6 +334,9 @@ class Proxy {
 Proxy* g_proxy = nullptr;  // for Side::onEvent; one proxy per process
 
 void Side::onEvent(uint32_t events) {
+  if (conn->destroyed) {
+    return;  // the other side's event in the same batch ended the connection
+  }
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
     readable = true;
   }
@@ -431,7 +438,7 @@ Error Proxy::run() {
   while (!stopping_) {
     timeval tv{1, 0};
     timeval* t = ares_timeout(ares_, &tv, &tv);
-    int ms = static_cast<int>(t->tv_sec * 1000 + t->tv_usec / 1000) + 1;
+    int ms = deferred_.empty() ? static_cast<int>(t->tv_sec * 1000 + t->tv_usec / 1000) + 1 : 0;
     int n = epoll_wait(ep_, events, 256, ms);
     if (n < 0 && errno != EINTR) {
       int e = errno;
@@ -441,9 +448,18 @@ Error Proxy::run() {
       static_cast<Handler*>(events[i].data.ptr)->onEvent(events[i].events);
     }
     ares_process_fd(ares_, ARES_SOCKET_BAD, ARES_SOCKET_BAD);  // timeouts
+    while (!deferred_.empty()) {
+      auto batch = std::move(deferred_);
+      deferred_.clear();
+      for (auto& fn : batch) {
+        fn();
+      }
+    }
     if (Clock::now() - last_sweep_ > std::chrono::seconds(1)) {
       sweep();
     }
+    graveyard_.clear();
+    fd_graveyard_.clear();
   }
   return Error();
 }
@@ -557,7 +573,12 @@ void Proxy::onAresSocket(void* data, ares_socket_t fd, int readable, int writabl
   auto* self = static_cast<Proxy*>(data);
   if (!readable && !writable) {
     epoll_ctl(self->ep_, EPOLL_CTL_DEL, fd, nullptr);
-    self->ares_fds_.erase(fd);
+    auto it = self->ares_fds_.find(fd);
+    if (it != self->ares_fds_.end()) {
+      // This may run inside that handler's own callback: free it after the batch.
+      self->fd_graveyard_.push_back(std::move(it->second));
+      self->ares_fds_.erase(it);
+    }
     return;
   }
   auto& h = self->ares_fds_[fd];
@@ -581,7 +602,9 @@ struct ResolveArg {
 void Proxy::resolve(const std::string& name, std::function<void(const Resolution&)> cb) {
   Resolution& r = cache_[name];
   if (r.done && Clock::now() < r.expires) {
-    cb(r);
+    // Never call back from inside the caller: it may be in the middle of
+    // pumping the very connection the callback pumps (and may destroy).
+    deferred_.push_back([cb = std::move(cb), r] { cb(r); });
     return;
   }
   r.waiters.push_back(std::move(cb));
@@ -636,9 +659,11 @@ void Proxy::onResolved(void* arg, int status, int, ares_addrinfo* res) {
   }
   auto waiters = std::move(r.waiters);
   r.waiters.clear();
+  // c-ares may answer from inside ares_getaddrinfo (the hosts file, a bad
+  // name): the waiters run from the loop, never from the caller.
   Resolution copy = r;
   for (auto& w : waiters) {
-    w(copy);
+    a->px->deferred_.push_back([w = std::move(w), copy] { w(copy); });
   }
 }
 
@@ -1128,6 +1153,11 @@ void Proxy::fail(Conn* c, const std::string& why) {
 }
 
 void Proxy::destroy(Conn* c) {
+  if (c->destroyed) {
+    return;
+  }
+  c->destroyed = true;
+  c->dead = true;
   if (c->requests > 0 || c->bytes_up > 0 || c->bytes_down > 0) {
     record({{"event", "close"}, {"conn", c->id}, {"target", c->peer}, {"requests", c->requests},
             {"bytes_up", c->bytes_up}, {"bytes_down", c->bytes_down}});
@@ -1138,7 +1168,10 @@ void Proxy::destroy(Conn* c) {
     }
     s->closeAll();
   }
-  conns_.erase(c->id);
+  // Freed after the batch: later events of this batch may still point here.
+  auto it = conns_.find(c->id);
+  graveyard_.push_back(std::move(it->second));
+  conns_.erase(it);
 }
 
 void Proxy::sweep() {
@@ -1312,6 +1345,9 @@ bool Proxy::io(Conn* c, Side* s) {
 }
 
 void Proxy::pump(Conn* c) {
+  if (c->destroyed) {
+    return;
+  }
   for (int round = 0; round < 64 && !c->dead; ++round) {
     bool progress = io(c, &c->down);
     progress |= io(c, &c->up);

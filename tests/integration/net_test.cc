@@ -162,6 +162,16 @@ TEST_CASE("allowed names work through the proxy for curl, python, node and git",
   CHECK(has(flows, "\"event\":\"dns\""));
   CHECK(has(flows, "\"event\":\"connect\""));
   CHECK(has(flows, "\"event\":\"http\""));
+  // Replayed under a policy without inspect.test, its flows change decision.
+  std::string strict = n.net.dir() + "/strict.yaml";
+  std::ofstream(strict) << "version: 1\nnetwork:\n  default: deny\n  rules:\n"
+                           "    - allow: [allowed.test]\n";
+  Run replay = runProgram({guardPath(), "policy", "replay", "--policy", strict, n.record});
+  INFO(replay.out << replay.err);
+  CHECK(replay.status == 3);
+  CHECK(has(replay.out, "connect inspect.test:"));
+  CHECK(has(replay.out, "allow -> deny"));
+  CHECK_FALSE(has(replay.out, "connect allowed.test"));
 }
 
 TEST_CASE("IPv6 reaches an allowed name through the proxy", "[integration][net]") {
