@@ -386,19 +386,31 @@ TEST_CASE("load: 1,000 concurrent connections, 20,000 intercepted requests, one 
     GUARD_SKIP("build/bench/proxy-loadgen is not built");
   }
   Net n;
-  Run help = runProgram({loadgen, "--help"});
-  INFO(help.out << help.err);
-  Run r = n.run(loadgen + " --mode count --url https://inspect.test:$P/1k --conns 1000 --requests 20000 "
-                          "--ca /etc/ssl/certs/ca-certificates.crt",
+  // Keep-alive load over 1,000 connections until at least 20,000 requests
+  // are done; then every request the origin served has exactly one audit
+  // event, and the client saw no error.
+  Run r = n.run(loadgen + " --mode keepalive --url https://inspect.test:$P/1k --conns 1000 --threads 2 "
+                          "--seconds 10 --ca /etc/ssl/certs/ca-certificates.crt",
                 240000);
   INFO(r.out << r.err);
   REQUIRE(r.status == 0);
-  CHECK(has(r.out, "errors=0"));
+  CHECK(has(r.out, "errors 0\n"));
   auto http = n.events("http");
-  size_t count = static_cast<size_t>(std::count_if(http.begin(), http.end(), [](const nlohmann::json& e) {
+  size_t audited = static_cast<size_t>(std::count_if(http.begin(), http.end(), [](const nlohmann::json& e) {
     return has(e.value("target", ""), "inspect.test") && has(e.value("target", ""), "/1k");
   }));
-  CHECK(count == 20000);
+  std::istringstream log(n.net.accessLog("inspect.test"));
+  size_t served = 0;
+  for (std::string line; std::getline(log, line);) {
+    served += has(line, "uri=\"/1k\"") ? 1 : 0;
+  }
+  CHECK(served >= 20000);
+  CHECK(audited == served);
+  auto connects = n.events("connect");
+  size_t conns = static_cast<size_t>(std::count_if(connects.begin(), connects.end(), [](const nlohmann::json& e) {
+    return has(e.value("target", ""), "inspect.test");
+  }));
+  CHECK(conns >= 1000);
 }
 
 }  // namespace
