@@ -65,6 +65,9 @@ public:
 
   // dir is the fixture's temp dir; everything it writes lives below it.
   const std::string &dir() const { return dir_; }
+  // scripts is the directory holding the fixture's scripts (origin.py,
+  // dns_upstream.py, banner_server.py, ...).
+  const std::string &scripts() const { return scripts_; }
 
   // caFile is the test CA (PEM) that signs every site but untrusted.test;
   // untrustedCaFile the CA that signs untrusted.test.

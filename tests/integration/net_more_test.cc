@@ -1,0 +1,326 @@
+// More integration tests for the network: server-first protocols over the
+// proxy's raw TCP path (git over SSH to a real sshd, a banner server) and the
+// network under an unprivileged user. As in net_test.cc, real clients run
+// under `guard --policy FILE -- sh -c SCRIPT` against real servers on
+// loopback (tests/net), and every claim is judged from outside: the servers'
+// own logs, the DNS upstream's query log, the content of a clone.
+//
+// Tags [integration][net]. Skipped when a tool is missing or user namespaces
+// are unavailable; the unprivileged test also needs root (to switch to user
+// guardtest) and /dev/fuse open to that user.
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "tests/net/net_fixture.h"
+#include "tests/net/raw_servers.h"
+#include "tests/testing.h"
+
+namespace guard::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr char kPath[] = "/usr/local/bin:/usr/bin:/bin";
+constexpr char kUnprivUser[] = "guardtest";
+
+bool has(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::string guardPath() {
+  std::string b = guardBinary();
+  return !b.empty() && b[0] != '/' ? fs::absolute(b).string() : b;
+}
+
+// Session is one TestNet with a project directory and a policy that allows
+// allowed.test on the origin ports plus EXTRA_PORTS, inspect.test
+// (intercepted) on the origin ports, and nothing else.
+struct Session {
+  TestNet net;
+  std::string project = net.dir() + "/project";
+  std::string policy = net.dir() + "/policy.yaml";
+  std::string audit = net.dir() + "/audit.jsonl";
+
+  Session() {
+    fs::create_directories(project);
+    fs::permissions(project, fs::perms::all);
+  }
+
+  // writePolicy (re)writes the policy; EXTRA_PORTS are further ports allowed
+  // for allowed.test only.
+  void writePolicy(const std::vector<int>& extra_ports = {}) const {
+    int p = net.httpsPort("allowed.test");
+    int h = net.httpPort("allowed.test");
+    std::ostringstream allowed;
+    allowed << p << ", " << h;
+    for (int e : extra_ports) {
+      allowed << ", " << e;
+    }
+    std::ofstream(policy) << "version: 1\n"
+                             "network:\n"
+                             "  default: deny\n"
+                             "  rules:\n"
+                             "    - id: t.allowed\n"
+                             "      allow: [allowed.test]\n"
+                             "      ports: ["
+                          << allowed.str()
+                          << "]\n"
+                             "    - id: t.inspect\n"
+                             "      allow: [inspect.test]\n"
+                             "      ports: ["
+                          << p << ", " << h
+                          << "]\n"
+                             "      inspect: true\n"
+                             "filesystem:\n"
+                             "  default: read-only\n"
+                             "  rules:\n"
+                             "    - read-write: "
+                          << project << "\n";
+  }
+
+  // run runs SCRIPT under guard in the project as the test's own user, with
+  // $P (HTTPS port), $H (HTTP port) and $CA (test CA file) exported.
+  Run run(const std::string& script, int timeout_ms = 60000) const {
+    std::vector<std::string> env = {std::string("PATH=") + kPath, "HOME=" + net.dir()};
+    return runProgram(
+        {guardPath(), "--policy", policy, "--audit", audit, "--dns-upstream", net.dnsUpstream(),
+         "--upstream-ca", net.caFile(), "--", "sh", "-c", prelude() + script},
+        project, env, timeout_ms);
+  }
+
+  std::string prelude() const {
+    return "export P=" + std::to_string(net.httpsPort("allowed.test")) +
+           " H=" + std::to_string(net.httpPort("allowed.test")) + " CA=" + net.caFile() + "; ";
+  }
+};
+
+bool ready(std::string* why) {
+  if (std::string tool = TestNet::missingTool(); !tool.empty()) {
+    *why = tool + " is not installed";
+    return false;
+  }
+  Run r = runProgram({"unshare", "-Urn", "true"}, "/", {std::string("PATH=") + kPath});
+  if (r.status != 0) {
+    *why = "user and network namespaces are unavailable";
+    return false;
+  }
+  return true;
+}
+
+#define NET_READY()      \
+  do {                   \
+    std::string why_;    \
+    if (!ready(&why_)) { \
+      GUARD_SKIP(why_);  \
+    }                    \
+  } while (0)
+
+// sshClone is the agent's script: clone REPO from USER@NAME over ssh with KEY
+// into DIR, then print the clone's HEAD.
+std::string sshClone(const SshServer& sshd, const std::string& name, const std::string& dir) {
+  return "GIT_SSH_COMMAND='ssh -i " + sshd.clientKey() +
+         " -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes"
+         " -o ConnectTimeout=10 -p " +
+         std::to_string(sshd.port()) +
+         "' "
+         "git clone -q " +
+         sshd.user() + "@" + name + ":" + sshd.repoPath() + " " + dir +
+         " && echo clone-head=$(git -C " + dir + " rev-parse HEAD)";
+}
+
+TEST_CASE("git over ssh reaches an allowed name through the proxy, not a denied one",
+          "[integration][net]") {
+  NET_READY();
+  if (std::string tool = SshServer::missingTool(); !tool.empty()) {
+    GUARD_SKIP(tool + " is not installed (Debian: openssh-server, openssh-client)");
+  }
+  Session s;
+  SshServer allowed(s.net, "allowed.test");
+  SshServer forbidden(s.net, "forbidden.test");
+  s.writePolicy({allowed.port(), forbidden.port()});
+  std::string good = s.project + "/clone";
+  std::string bad = s.project + "/clone-forbidden";
+  Run r = s.run(sshClone(allowed, "allowed.test", good) + "; echo allowed-rc=$?; " +
+                sshClone(forbidden, "forbidden.test", bad) + "; echo forbidden-rc=$?");
+  INFO(r.out << r.err << "\nallowed sshd:\n"
+             << allowed.log() << "\nforbidden sshd:\n"
+             << forbidden.log());
+  CHECK(r.status == 0);
+  // The allowed sshd accepted the key and served the repository: the clone,
+  // read from outside, holds its commit.
+  CHECK(allowed.waitLog("Accepted publickey for " + allowed.user()));
+  CHECK(has(allowed.log(), "Connection from"));
+  Run head = runProgram({"git", "-C", good, "rev-parse", "HEAD"}, "/",
+                        {std::string("PATH=") + kPath, "GIT_CONFIG_NOSYSTEM=1",
+                         "GIT_CONFIG_GLOBAL=/dev/null", "HOME=" + s.net.dir()});
+  CHECK(head.status == 0);
+  CHECK(head.out == allowed.repoHead() + "\n");
+  CHECK(readFile(good + "/README") == "guard ssh fixture repository\n");
+  // forbidden.test is denied (its port is allowed, but only for allowed.test):
+  // its sshd saw no connection at all, no clone exists, no query left.
+  CHECK(has(r.out, "allowed-rc=0"));
+  CHECK_FALSE(has(r.out, "forbidden-rc=0"));
+  usleep(300 * 1000);
+  CHECK_FALSE(has(forbidden.log(), "Connection from"));
+  CHECK_FALSE(fs::exists(bad + "/README"));
+  CHECK_FALSE(has(s.net.dnsLog(), "forbidden.test"));
+}
+
+TEST_CASE("a server-first protocol gets its banner through on an allowed port only",
+          "[integration][net]") {
+  NET_READY();
+  Session s;
+  BannerServer banner(s.net, "allowed.test", "GUARD-BANNER-c81e5a");
+  std::string client =
+      "python3 -c \"import socket, sys\n"
+      "s = socket.create_connection(('allowed.test', " +
+      std::to_string(banner.port()) +
+      "), 10)\n"
+      "s.settimeout(10)\n"
+      "got = b''\n"
+      "while not got.endswith(b'\\r\\n'):\n"
+      "    b = s.recv(100)\n"
+      "    if not b: break\n"
+      "    got += b\n"
+      "print('got=' + got.decode().strip())\n"
+      "s.sendall(b'client-hello-after-banner\\r\\n')\n"
+      "s.close()\"";
+
+  SECTION("port allowed: the agent reads the banner, the server gets the reply") {
+    s.writePolicy({banner.port()});
+    Run r = s.run(client);
+    INFO(r.out << r.err << "\nbanner log:\n" << banner.log());
+    CHECK(r.status == 0);
+    CHECK(has(r.out, "got=GUARD-BANNER-c81e5a"));
+    CHECK(banner.waitLog("accept "));
+    CHECK(banner.waitLog("client-hello-after-banner"));
+  }
+  SECTION("port not allowed: the server sees no connection") {
+    s.writePolicy();
+    Run r = s.run(client + "; echo client-rc=$?");
+    INFO(r.out << r.err << "\nbanner log:\n" << banner.log());
+    CHECK(r.status == 0);
+    CHECK_FALSE(has(r.out, "got=GUARD-BANNER"));
+    CHECK_FALSE(has(r.out, "client-rc=0"));
+    usleep(300 * 1000);
+    CHECK(banner.log().empty());
+  }
+}
+
+// ensureUnprivUser returns "" when user guardtest exists (created here when
+// missing, as tests/integration/host_test.cc does) and can run guard: /dev/fuse
+// open to it, fusermount3, and user namespaces; else why not.
+std::string ensureUnprivUser(uid_t* uid, gid_t* gid) {
+  if (geteuid() != 0) {
+    return "the unprivileged network test switches users and needs root";
+  }
+  if (getpwnam(kUnprivUser) == nullptr) {
+    runProgram({"useradd", "-m", kUnprivUser});
+  }
+  struct passwd* pw = getpwnam(kUnprivUser);
+  if (pw == nullptr) {
+    return std::string("no user ") + kUnprivUser + " and useradd failed";
+  }
+  *uid = pw->pw_uid;
+  *gid = pw->pw_gid;
+  std::vector<std::string> env = {std::string("PATH=") + kPath};
+  if (runProgram(
+          {"runuser", "-u", kUnprivUser, "--", "test", "-r", "/dev/fuse", "-a", "-w", "/dev/fuse"},
+          "/", env)
+          .status != 0) {
+    return std::string("/dev/fuse is not open to ") + kUnprivUser;
+  }
+  if (runProgram({"sh", "-c", "command -v fusermount3"}, "/", env).status != 0) {
+    return "fusermount3 is missing";
+  }
+  Run ns = runProgram(
+      {"runuser", "-u", kUnprivUser, "--", "unshare", "-U", "-r", "-n", "-m", "true"}, "/", env);
+  if (ns.status != 0) {
+    return std::string(kUnprivUser) + " cannot create user and network namespaces: " + ns.err;
+  }
+  if (runProgram({"runuser", "-u", kUnprivUser, "--", "test", "-x", guardPath()}, "/", env)
+          .status != 0) {
+    return std::string(kUnprivUser) + " cannot execute " + guardPath();
+  }
+  return "";
+}
+
+TEST_CASE("the network holds for an unprivileged user: allowed name reached, denied one not",
+          "[integration][net]") {
+  NET_READY();
+  uid_t uid = 0;
+  gid_t gid = 0;
+  if (std::string why = ensureUnprivUser(&uid, &gid); !why.empty()) {
+    GUARD_SKIP(why);
+  }
+  Session s;
+  s.writePolicy();
+  // What guardtest writes (the audit log, the project) lives in a directory
+  // it owns; the policy and the test CA are only read.
+  std::string home = s.net.dir() + "/unpriv";
+  fs::create_directories(home + "/project");
+  REQUIRE(chown(home.c_str(), uid, gid) == 0);
+  REQUIRE(chown((home + "/project").c_str(), uid, gid) == 0);
+  std::string audit = home + "/audit.jsonl";
+  std::string policy = home + "/policy.yaml";
+  std::string text = readFile(s.policy);
+  // The session's writable path is guardtest's project.
+  size_t at = text.find(s.project);
+  REQUIRE(at != std::string::npos);
+  text.replace(at, s.project.size(), home + "/project");
+  std::ofstream(policy) << text;
+  fs::permissions(policy, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                              fs::perms::others_read);
+
+  std::string script =
+      s.prelude() +
+      // intercepted: the session CA is trusted through the agent's view
+      "curl --noproxy '*' -sS --max-time 10 https://inspect.test:$P/?via=unpriv-allowed; "
+      "echo allowed-rc=$?; "
+      "curl --noproxy '*' -sS --max-time 5 -k https://forbidden.test:$P/?via=unpriv-denied; "
+      "echo denied-rc=$?; id -u";
+  Run r = runProgram({"runuser",
+                      "-u",
+                      kUnprivUser,
+                      "--",
+                      "env",
+                      "-i",
+                      std::string("PATH=") + kPath,
+                      "HOME=" + home,
+                      guardPath(),
+                      "--policy",
+                      policy,
+                      "--audit",
+                      audit,
+                      "--dns-upstream",
+                      s.net.dnsUpstream(),
+                      "--upstream-ca",
+                      s.net.caFile(),
+                      "--",
+                      "sh",
+                      "-c",
+                      script},
+                     home + "/project", {std::string("PATH=") + kPath}, 60000);
+  INFO(r.out << r.err);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "allowed-rc=0"));
+  CHECK_FALSE(has(r.out, "denied-rc=0"));
+  CHECK(s.net.waitAccessLog("inspect.test", "via=unpriv-allowed"));
+  usleep(300 * 1000);
+  CHECK(s.net.accessLog("forbidden.test").empty());
+  CHECK_FALSE(has(s.net.dnsLog(), "forbidden.test"));
+  // The audit log was written by guardtest, in its own directory.
+  struct stat st {};
+  REQUIRE(stat(audit.c_str(), &st) == 0);
+  CHECK(st.st_uid == uid);
+  CHECK(has(readFile(audit), "forbidden.test"));
+}
+
+}  // namespace
+}  // namespace guard::testing
