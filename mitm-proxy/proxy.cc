@@ -158,6 +158,7 @@ struct Side : Handler {
   BIO* wbio = nullptr;  // bytes from ssl, for the socket
   bool readable = false;
   bool writable = false;
+  bool hup = false;      // the peer closed (or failed): read until EOF
   bool raw_eof = false;  // the socket said EOF
   bool eof = false;      // the plaintext stream ended
   bool shut = false;     // we sent our EOF
@@ -328,6 +329,7 @@ class Proxy {
   std::vector<std::string> synth_names_;
   uint32_t synth_next_ = 0;
   FILE* record_ = nullptr;
+  int pid_ = static_cast<int>(getpid());
   Clock::time_point last_sweep_ = Clock::now();
 };
 
@@ -339,6 +341,9 @@ void Side::onEvent(uint32_t events) {
   }
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
     readable = true;
+  }
+  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+    hup = true;
   }
   if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
     writable = true;
@@ -484,7 +489,7 @@ void Proxy::audit(const char* action, const std::string& target, const std::stri
   } else {
     e.reason = reason;
   }
-  e.pid = static_cast<int>(getpid());
+  e.pid = pid_;
   details["mode"] = o_.mode;
   e.details = std::move(details);
   sink_->emit(std::move(e));
@@ -1277,6 +1282,11 @@ bool Proxy::io(Conn* c, Side* s) {
     if (n > 0) {
       progress = true;
       c->last = Clock::now();
+      if (static_cast<size_t>(n) < sizeof(buf) && !s->hup) {
+        // A short read emptied the socket; more data (or the peer's EOF)
+        // raises a new edge, so the read that would say EAGAIN is saved.
+        s->readable = false;
+      }
       if (s->ssl != nullptr) {
         BIO_write(s->rbio, buf, static_cast<int>(n));
       } else {

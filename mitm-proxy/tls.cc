@@ -227,8 +227,23 @@ Result<std::unique_ptr<UpstreamTls>> UpstreamTls::create(const std::string& ca_f
   }
   SSL_CTX_set_verify(up->ctx_.get(), SSL_VERIFY_PEER, nullptr);
   SSL_CTX_set_alpn_protos(up->ctx_.get(), kAlpnHttp11, sizeof(kAlpnHttp11));
-  SSL_CTX_set_session_cache_mode(up->ctx_.get(), SSL_SESS_CACHE_CLIENT);
+  SSL_CTX_set_session_cache_mode(up->ctx_.get(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
+  SSL_CTX_set_app_data(up->ctx_.get(), up.get());
+  SSL_CTX_sess_set_new_cb(up->ctx_.get(), &UpstreamTls::onNewSession);
   return up;
+}
+
+int UpstreamTls::onNewSession(SSL* ssl, SSL_SESSION* session) {
+  auto* self = static_cast<UpstreamTls*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
+  const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  if (self == nullptr || name == nullptr) {
+    return 0;  // not kept (IP literals send no name)
+  }
+  if (self->sessions_.size() >= 4096) {
+    self->sessions_.clear();
+  }
+  self->sessions_[name].reset(session);  // the session was verified for NAME
+  return 1;
 }
 
 SSL* UpstreamTls::newClient(const std::string& name) {
@@ -245,6 +260,8 @@ SSL* UpstreamTls::newClient(const std::string& name) {
   } else if (!SSL_set_tlsext_host_name(ssl.get(), name.c_str()) ||
              !X509_VERIFY_PARAM_set1_host(param, name.c_str(), name.size())) {
     return nullptr;
+  } else if (auto it = sessions_.find(name); it != sessions_.end()) {
+    SSL_set_session(ssl.get(), it->second.get());
   }
   SSL_set_connect_state(ssl.get());
   return ssl.release();
