@@ -114,13 +114,14 @@ lint: all
 # libFuzzer target for CHECK_FUZZ_SECONDS, both benchmarks in smoke mode,
 # then every test.
 CHECK_FUZZ_SECONDS ?= 30
-check: all $(TESTS) lint fuzz-replay
+check: all $(TESTS) $(BUILD)/bench/proxy-loadgen lint fuzz-replay
 ifeq ($(SAN),)
 	$(MAKE) SAN=address,undefined build-san/guard-tests
 	build-san/guard-tests "[unit],[view]" | tail -n 1
 	scripts/fuzz.sh $(CHECK_FUZZ_SECONDS)
 	$(MAKE) bench-smoke > /dev/null
 	bench/host/run.sh --smoke --guard $(GUARD) > /dev/null
+	$(MAKE) bench-proxy-smoke > /dev/null
 endif
 	GUARD_BIN=$(abspath $(GUARD)) $(TESTS)
 
