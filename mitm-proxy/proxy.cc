@@ -692,7 +692,10 @@ void Proxy::dnsQuery(std::span<const uint8_t> packet,
   if (auto hit = scanner_.findInName(q.name)) {
     details["credential"] = o_.secrets[hit->secret].name;
     details["form"] = hit->form;
-    audit("exfiltration", "dns:" + q.name.substr(0, 64) + "...", "deny", nullptr,
+    // The name itself carries the secret: only its last two labels are kept.
+    size_t dot = q.name.rfind('.');
+    dot = dot == std::string::npos || dot == 0 ? std::string::npos : q.name.rfind('.', dot - 1);
+    audit("exfiltration", "dns:*" + (dot == std::string::npos ? std::string() : q.name.substr(dot)), "deny", nullptr,
           std::string("a DNS query carries the ") + (hit->placeholder ? "placeholder" : "value") +
               " of credential " + o_.secrets[hit->secret].name,
           details);
@@ -1654,7 +1657,8 @@ bool Proxy::requestFilter(Conn* c) {
       const Secret& s = o_.secrets[hit->secret];
       details["credential"] = s.name;
       details["form"] = hit->form;
-      audit("exfiltration", url, "deny", nullptr,
+      // The URL may carry the secret: the event names the host only.
+      audit("exfiltration", std::string(c->intercept ? "https://" : "http://") + c->peer + "/", "deny", nullptr,
             std::string("the request carries the ") + (hit->placeholder ? "placeholder" : "value") +
                 " of credential " + s.name + " to a destination it is not allowed for",
             details);

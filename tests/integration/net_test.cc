@@ -326,6 +326,13 @@ TEST_CASE("credentials: the agent holds a placeholder, the destination gets the 
   CHECK_FALSE(has(n.net.dnsLog(), "guard-token"));
   auto exfil = n.events("exfiltration");
   CHECK(exfil.size() >= 5);
+  // The audit log names the attempt, never the secret or its placeholder.
+  std::string audit = readFile(n.audit);
+  CHECK_FALSE(has(audit, kToken));
+  std::string seen = r.out.substr(r.out.find("seen=") + 5);
+  seen = seen.substr(0, seen.find('\n'));
+  REQUIRE(seen.size() > 16);
+  CHECK_FALSE(has(audit, seen.substr(8)));
 }
 
 TEST_CASE("an upstream with an untrusted certificate is refused", "[integration][net][adversarial]") {
