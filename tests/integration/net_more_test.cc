@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -121,17 +122,27 @@ bool ready(std::string* why) {
     }                    \
   } while (0)
 
-// sshClone is the agent's script: clone REPO from USER@NAME over ssh with KEY
-// into DIR, then print the clone's HEAD.
-std::string sshClone(const SshServer& sshd, const std::string& name, const std::string& dir) {
+// sshClone is the agent's script: clone SSHD's repository from USER@NAME
+// over ssh into DIR and print "TAG-rc=STATUS". With TUNNEL, ssh reaches NAME
+// through the explicit proxy (CONNECT, tests/net/connect_tunnel.py as
+// ProxyCommand) instead of the transparent capture of a synthetic address.
+std::string sshClone(const TestNet& net, const SshServer& sshd, const std::string& name,
+                     const std::string& dir, const std::string& tag, bool tunnel = false) {
+  std::string proxy_command =
+      tunnel ? " -o ProxyCommand=\"python3 " + net.scripts() + "/connect_tunnel.py %h %p\"" : "";
   return "GIT_SSH_COMMAND='ssh -i " + sshd.clientKey() +
          " -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes"
-         " -o ConnectTimeout=10 -p " +
-         std::to_string(sshd.port()) +
-         "' "
-         "git clone -q " +
-         sshd.user() + "@" + name + ":" + sshd.repoPath() + " " + dir +
-         " && echo clone-head=$(git -C " + dir + " rev-parse HEAD)";
+         " -o ConnectTimeout=10" +
+         proxy_command + " -p " + std::to_string(sshd.port()) + "' git clone -q " + sshd.user() +
+         "@" + name + ":" + sshd.repoPath() + " " + dir + "; echo " + tag + "-rc=$?; ";
+}
+
+// cloneHead is the commit DIR's clone has checked out, read from outside.
+std::string cloneHead(const TestNet& net, const std::string& dir) {
+  Run head = runProgram({"git", "-C", dir, "rev-parse", "HEAD"}, "/",
+                        {std::string("PATH=") + kPath, "GIT_CONFIG_NOSYSTEM=1",
+                         "GIT_CONFIG_GLOBAL=/dev/null", "HOME=" + net.dir()});
+  return head.status == 0 ? head.out : "rev-parse failed: " + head.err;
 }
 
 TEST_CASE("git over ssh reaches an allowed name through the proxy, not a denied one",
@@ -143,32 +154,39 @@ TEST_CASE("git over ssh reaches an allowed name through the proxy, not a denied 
   Session s;
   SshServer allowed(s.net, "allowed.test");
   SshServer forbidden(s.net, "forbidden.test");
+  // Both ports are allowed, for allowed.test only: forbidden.test is denied
+  // by its name.
   s.writePolicy({allowed.port(), forbidden.port()});
-  std::string good = s.project + "/clone";
+  std::string plain = s.project + "/clone";
+  std::string tunnel = s.project + "/clone-tunnel";
   std::string bad = s.project + "/clone-forbidden";
-  Run r = s.run(sshClone(allowed, "allowed.test", good) + "; echo allowed-rc=$?; " +
-                sshClone(forbidden, "forbidden.test", bad) + "; echo forbidden-rc=$?");
+  std::string bad_tunnel = s.project + "/clone-forbidden-tunnel";
+  Run r = s.run(sshClone(s.net, allowed, "allowed.test", plain, "allowed") +
+                sshClone(s.net, allowed, "allowed.test", tunnel, "allowed-tunnel", true) +
+                sshClone(s.net, forbidden, "forbidden.test", bad, "forbidden") +
+                sshClone(s.net, forbidden, "forbidden.test", bad_tunnel, "forbidden-tunnel", true));
   INFO(r.out << r.err << "\nallowed sshd:\n"
              << allowed.log() << "\nforbidden sshd:\n"
              << forbidden.log());
   CHECK(r.status == 0);
-  // The allowed sshd accepted the key and served the repository: the clone,
-  // read from outside, holds its commit.
+  // The allowed sshd accepted the key twice and served the repository: each
+  // clone, read from outside, holds its commit.
+  CHECK(has(r.out, "allowed-rc=0"));
+  CHECK(has(r.out, "allowed-tunnel-rc=0"));
   CHECK(allowed.waitLog("Accepted publickey for " + allowed.user()));
   CHECK(has(allowed.log(), "Connection from"));
-  Run head = runProgram({"git", "-C", good, "rev-parse", "HEAD"}, "/",
-                        {std::string("PATH=") + kPath, "GIT_CONFIG_NOSYSTEM=1",
-                         "GIT_CONFIG_GLOBAL=/dev/null", "HOME=" + s.net.dir()});
-  CHECK(head.status == 0);
-  CHECK(head.out == allowed.repoHead() + "\n");
-  CHECK(readFile(good + "/README") == "guard ssh fixture repository\n");
-  // forbidden.test is denied (its port is allowed, but only for allowed.test):
-  // its sshd saw no connection at all, no clone exists, no query left.
-  CHECK(has(r.out, "allowed-rc=0"));
+  for (const std::string& dir : {plain, tunnel}) {
+    CHECK(cloneHead(s.net, dir) == allowed.repoHead() + "\n");
+    CHECK(readFile(dir + "/README") == "guard ssh fixture repository\n");
+  }
+  // forbidden.test: its sshd saw no connection at all, by name (no answer) or
+  // by CONNECT; no clone exists; no query for it left.
   CHECK_FALSE(has(r.out, "forbidden-rc=0"));
+  CHECK_FALSE(has(r.out, "forbidden-tunnel-rc=0"));
   usleep(300 * 1000);
   CHECK_FALSE(has(forbidden.log(), "Connection from"));
   CHECK_FALSE(fs::exists(bad + "/README"));
+  CHECK_FALSE(fs::exists(bad_tunnel + "/README"));
   CHECK_FALSE(has(s.net.dnsLog(), "forbidden.test"));
 }
 
@@ -192,22 +210,34 @@ TEST_CASE("a server-first protocol gets its banner through on an allowed port on
       "s.sendall(b'client-hello-after-banner\\r\\n')\n"
       "s.close()\"";
 
+  // The same through the explicit proxy: CONNECT allowed.test:PORT, with
+  // nothing to send (the banner must come anyway).
+  std::string tunnel = "; echo client-rc=$?; python3 " + s.net.scripts() +
+                       "/connect_tunnel.py allowed.test " + std::to_string(banner.port()) +
+                       " </dev/null; rc=$?; echo; echo tunnel-rc=$rc";
+
   SECTION("port allowed: the agent reads the banner, the server gets the reply") {
     s.writePolicy({banner.port()});
-    Run r = s.run(client);
+    Run r = s.run(client + tunnel);
     INFO(r.out << r.err << "\nbanner log:\n" << banner.log());
     CHECK(r.status == 0);
     CHECK(has(r.out, "got=GUARD-BANNER-c81e5a"));
-    CHECK(banner.waitLog("accept "));
+    CHECK(has(r.out, "client-rc=0"));
+    CHECK(has(r.out, "\nGUARD-BANNER-c81e5a\r\n"));
+    CHECK(has(r.out, "tunnel-rc=0"));
     CHECK(banner.waitLog("client-hello-after-banner"));
+    CHECK(banner.waitLog("recv 0 b''"));
+    std::string log = banner.log();
+    CHECK(std::count(log.begin(), log.end(), '\n') == 4);  // 2 accepts, 2 recvs
   }
   SECTION("port not allowed: the server sees no connection") {
     s.writePolicy();
-    Run r = s.run(client + "; echo client-rc=$?");
+    Run r = s.run(client + tunnel);
     INFO(r.out << r.err << "\nbanner log:\n" << banner.log());
     CHECK(r.status == 0);
-    CHECK_FALSE(has(r.out, "got=GUARD-BANNER"));
+    CHECK_FALSE(has(r.out, "GUARD-BANNER"));
     CHECK_FALSE(has(r.out, "client-rc=0"));
+    CHECK_FALSE(has(r.out, "tunnel-rc=0"));
     usleep(300 * 1000);
     CHECK(banner.log().empty());
   }
