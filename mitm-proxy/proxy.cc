@@ -325,6 +325,23 @@ class Proxy {
   std::vector<std::function<void()>> deferred_;  // run from the loop, after the events
   std::vector<std::unique_ptr<Conn>> graveyard_;  // destroyed during this batch
   std::vector<std::unique_ptr<Fd>> fd_graveyard_;
+
+  // Idle upstream TLS connections of intercepted sessions, by "name:port",
+  // newest last: a new agent connection to the same server takes one
+  // instead of a TCP and TLS handshake of its own.
+  struct Pooled {
+    int fd = -1;
+    SSL* ssl = nullptr;
+    BIO* rbio = nullptr;
+    BIO* wbio = nullptr;
+    Clock::time_point since;
+  };
+  std::unordered_map<std::string, std::vector<Pooled>> pool_;
+  size_t pooled_ = 0;
+  static std::string poolKey(const Conn* c) { return c->name + ":" + std::to_string(c->port); }
+  bool parkUpstream(Conn* c);
+  bool takeUpstream(Conn* c);
+  void dropPooled(Pooled* p);
   std::unordered_map<std::string, uint32_t> synth_index_;
   std::vector<std::string> synth_names_;
   uint32_t synth_next_ = 0;
@@ -355,6 +372,11 @@ Proxy::~Proxy() {
   for (auto& [id, c] : conns_) {
     c->down.closeAll();
     c->up.closeAll();
+  }
+  for (auto& [key, list] : pool_) {
+    for (Pooled& p : list) {
+      dropPooled(&p);
+    }
   }
   if (ares_ != nullptr) {
     ares_destroy(ares_);
@@ -978,7 +1000,10 @@ void Proxy::startConn(Conn* c) {
   }
   if (!c->dead) {
     c->phase = Phase::kClassify;
-    startUpstream(c);
+    auto pooled = c->inspect ? pool_.find(poolKey(c)) : pool_.end();
+    if (pooled == pool_.end() || pooled->second.empty()) {
+      startUpstream(c);  // in parallel with the agent's first bytes
+    }
   }
 }
 
@@ -1182,8 +1207,75 @@ void Proxy::destroy(Conn* c) {
   conns_.erase(it);
 }
 
+constexpr auto kPoolIdle = std::chrono::seconds(30);
+constexpr size_t kPoolPerKey = 16;
+constexpr size_t kPoolMax = 256;
+
+void Proxy::dropPooled(Pooled* p) {
+  SSL_free(p->ssl);  // frees the BIOs too
+  close(p->fd);
+  --pooled_;
+}
+
+// parkUpstream keeps C's upstream connection for reuse when it sits at a
+// message boundary with nothing in flight; returns whether it did.
+bool Proxy::parkUpstream(Conn* c) {
+  Side* up = &c->up;
+  if (!c->intercept || c->phase != Phase::kHttp || c->req != Msg::kHead || c->resp != Msg::kHead ||
+      !c->methods.empty() || up->fd < 0 || up->ssl == nullptr || !SSL_is_init_finished(up->ssl) ||
+      up->eof || up->raw_eof || up->shut || !up->in.empty() || up->pending() != 0 ||
+      BIO_pending(up->wbio) != 0 || BIO_pending(up->rbio) != 0 || pooled_ >= kPoolMax) {
+    return false;
+  }
+  auto& list = pool_[poolKey(c)];
+  if (list.size() >= kPoolPerKey) {
+    return false;
+  }
+  epoll_ctl(ep_, EPOLL_CTL_DEL, up->fd, nullptr);
+  list.push_back({up->fd, up->ssl, up->rbio, up->wbio, Clock::now()});
+  ++pooled_;
+  up->fd = -1;
+  up->ssl = nullptr;
+  up->rbio = up->wbio = nullptr;
+  return true;
+}
+
+// takeUpstream gives C a live pooled connection to its server, if any.
+bool Proxy::takeUpstream(Conn* c) {
+  auto it = pool_.find(poolKey(c));
+  while (it != pool_.end() && !it->second.empty()) {
+    Pooled p = it->second.back();
+    it->second.pop_back();
+    char b;
+    ssize_t n = recv(p.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n >= 0 || errno != EAGAIN || Clock::now() - p.since > kPoolIdle) {
+      dropPooled(&p);  // closed, or it said something (an alert) while idle
+      continue;
+    }
+    --pooled_;
+    c->up.fd = p.fd;
+    c->up.ssl = p.ssl;
+    c->up.rbio = p.rbio;
+    c->up.wbio = p.wbio;
+    c->up.readable = c->up.writable = true;
+    c->up_state = Up::kConnected;
+    watch(p.fd, &c->up, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
+    return true;
+  }
+  return false;
+}
+
 void Proxy::sweep() {
   last_sweep_ = Clock::now();
+  for (auto& [key, list] : pool_) {
+    std::erase_if(list, [&](Pooled& p) {
+      if (last_sweep_ - p.since <= kPoolIdle) {
+        return false;
+      }
+      dropPooled(&p);
+      return true;
+    });
+  }
   std::vector<Conn*> expired;
   for (auto& [id, c] : conns_) {
     auto limit = c->established ? kIdleTimeout : kHandshakeTimeout;
@@ -1375,6 +1467,12 @@ void Proxy::pump(Conn* c) {
     destroy(c);
     return;
   }
+  // The agent is done with a connection whose server side is idle: keep
+  // that for the next connection to the same server.
+  if (c->down.eof && c->down.in.empty() && c->down.pending() == 0 && parkUpstream(c)) {
+    destroy(c);
+    return;
+  }
   // Half-close: once one side has ended and everything it sent is
   // delivered, the other side hears EOF too.
   for (auto [from, to] : {std::pair{&c->down, &c->up}, std::pair{&c->up, &c->down}}) {
@@ -1485,7 +1583,15 @@ bool Proxy::stepExplicit(Conn* c) {
     return true;
   }
   c->phase = c->explicit_http ? Phase::kHttp : Phase::kClassify;
-  startUpstream(c);
+  auto pooled = c->inspect && c->connect_reply ? pool_.find(poolKey(c)) : pool_.end();
+  if (pooled != pool_.end() && !pooled->second.empty()) {
+    // A pooled connection to this server will carry it (taken once the
+    // agent's ClientHello shows TLS): no reason to make the agent wait.
+    c->connect_reply = false;
+    sendTo(c, &c->down, "HTTP/1.1 200 Connection established\r\n\r\n");
+  } else {
+    startUpstream(c);
+  }
   return true;
 }
 
@@ -1540,12 +1646,17 @@ bool Proxy::stepClassify(Conn* c) {
       }
       BIO_write(c->down.rbio, c->down.in.data(), static_cast<int>(c->down.in.size()));
       c->down.in.clear();
-      if (c->up_state == Up::kConnected) {
+      c->phase = Phase::kHttp;
+      if (c->up_state == Up::kIdle && !takeUpstream(c)) {
+        startUpstream(c);
+      } else if (c->up_state == Up::kConnected && c->up.ssl == nullptr) {
         startTls(c, &c->up, up_tls_->newClient(c->name));
       }
-      c->phase = Phase::kHttp;
     } else {
       c->phase = Phase::kTunnel;
+    }
+    if (c->up_state == Up::kIdle) {
+      startUpstream(c);
     }
     return true;
   }
@@ -1562,6 +1673,9 @@ bool Proxy::stepClassify(Conn* c) {
   }
   std::string_view line = std::string_view(c->down.in).substr(0, eol);
   c->established = true;
+  if (c->up_state == Up::kIdle) {
+    startUpstream(c);
+  }
   if (line.size() > 9 && line.substr(line.size() - 9, 7) == " HTTP/1") {
     c->phase = Phase::kHttp;
   } else {

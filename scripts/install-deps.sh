@@ -18,7 +18,7 @@ packages=(
   libc6-dev nodejs strace util-linux passwd
   # the network tests: a test origin (nginx) with a test PKI (openssl), real
   # clients (curl, dig); the proxy benchmark's peers (squid with ssl-bump, mitmproxy)
-  nginx openssl curl bind9-dnsutils ca-certificates squid-openssl mitmproxy
+  nginx openssl curl bind9-dnsutils ca-certificates squid-openssl mitmproxy openssh-server openssh-client
 )
 
 export DEBIAN_FRONTEND=noninteractive
