@@ -231,8 +231,10 @@ TEST_CASE("addresses instead of names, UDP, raw sockets and a static binary reac
       "curl --noproxy '*' -sS --max-time 5 http://2130706434:$H/?via=decimal; "
       "curl --noproxy '*' -sS --max-time 5 http://0x7f000002:$H/?via=hex; "
       "curl --noproxy '*' -sS --max-time 5 -g 'http://[::ffff:127.0.0.2]:'$H'/?via=mapped'; "
-      // An address outside: captured and judged by the policy (denied).
+      "curl --noproxy '*' -sS --max-time 5 -g 'http://[::1]:'$H'/?via=v6-loopback'; "
+      // Addresses outside: captured and judged by the policy (denied).
       "curl --noproxy '*' -sS --max-time 5 http://192.0.2.10:$H/?via=outside; "
+      "curl --noproxy '*' -sS --max-time 5 -g 'http://[2001:db8::10]:'$H'/?via=v6-outside'; "
       // UDP to the DNS upstream directly, and a raw socket.
       "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
       "s.sendto(b'udp-canary', ('127.0.0.1', " + std::to_string(n.net.dnsPort()) + "))\"; "
@@ -246,7 +248,8 @@ TEST_CASE("addresses instead of names, UDP, raw sockets and a static binary reac
   CHECK(r.status == 0);
   usleep(300 * 1000);
   std::string log = n.net.accessLog("allowed.test");
-  for (const char* via : {"via=ip", "via=decimal", "via=hex", "via=mapped", "via=outside", "via=static"}) {
+  for (const char* via : {"via=ip", "via=decimal", "via=hex", "via=mapped", "via=v6-loopback", "via=outside",
+                          "via=v6-outside", "via=static"}) {
     CHECK_FALSE(has(log, via));
   }
   CHECK_FALSE(has(n.net.dnsLog(), "udp-canary"));
@@ -256,6 +259,11 @@ TEST_CASE("addresses instead of names, UDP, raw sockets and a static binary reac
   CHECK(std::any_of(connects.begin(), connects.end(), [](const nlohmann::json& e) {
     return has(e.value("target", ""), "192.0.2.10") && e.value("decision", "") == "deny";
   }));
+  if (TestNet::hasIpv6Loopback()) {
+    CHECK(std::any_of(connects.begin(), connects.end(), [](const nlohmann::json& e) {
+      return has(e.value("target", ""), "2001:db8::10") && e.value("decision", "") == "deny";
+    }));
+  }
   // The dropped UDP datagram is audited too.
   auto packets = n.events("packet");
   CHECK(std::any_of(packets.begin(), packets.end(), [](const nlohmann::json& e) {
