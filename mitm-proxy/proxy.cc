@@ -154,8 +154,8 @@ struct Side : Handler {
   Conn* conn = nullptr;
   int fd = -1;
   SSL* ssl = nullptr;
-  BIO* rbio = nullptr;  // bytes from the socket, for ssl
-  BIO* wbio = nullptr;  // bytes from ssl, for the socket
+  std::string raw_in;   // ssl: ciphertext from the socket, read by ssl from raw_off on
+  size_t raw_off = 0;
   bool readable = false;
   bool writable = false;
   bool hup = false;      // the peer closed (or failed): read until EOF
@@ -180,6 +180,46 @@ struct Side : Handler {
     }
   }
 };
+
+// sideBio is the transport under a side's TLS: it reads ciphertext from the
+// side's raw_in (advancing an offset, never shifting) and appends what TLS
+// writes straight to the side's out buffer, so no bytes wait in a BIO.
+BIO_METHOD* sideBio() {
+  static BIO_METHOD* method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_TYPE_SOURCE_SINK, "guard side");
+    BIO_meth_set_read(m, [](BIO* b, char* out, int len) -> int {
+      auto* s = static_cast<Side*>(BIO_get_data(b));
+      BIO_clear_retry_flags(b);
+      size_t avail = s == nullptr ? 0 : s->raw_in.size() - s->raw_off;
+      if (avail == 0) {
+        if (s != nullptr && s->raw_eof) {
+          return 0;
+        }
+        BIO_set_retry_read(b);
+        return -1;
+      }
+      size_t n = std::min(avail, static_cast<size_t>(len));
+      memcpy(out, s->raw_in.data() + s->raw_off, n);
+      s->raw_off += n;
+      if (s->raw_off == s->raw_in.size()) {
+        s->raw_in.clear();
+        s->raw_off = 0;
+      }
+      return static_cast<int>(n);
+    });
+    BIO_meth_set_write(m, [](BIO* b, const char* in, int len) -> int {
+      auto* s = static_cast<Side*>(BIO_get_data(b));
+      if (s == nullptr) {
+        return -1;  // parked: nothing may be written
+      }
+      s->out.append(in, static_cast<size_t>(len));
+      return len;
+    });
+    BIO_meth_set_ctrl(m, [](BIO*, int cmd, long, void*) -> long { return cmd == BIO_CTRL_FLUSH ? 1 : 0; });
+    return m;
+  }();
+  return method;
+}
 
 // Body tracks where one HTTP message body ends. counted bytes at the front
 // of the source's buffer are known to belong to it but are not yet sent.
@@ -289,7 +329,7 @@ class Proxy {
   void fail(Conn* c, const std::string& why);
   void destroy(Conn* c);
   void sweep();
-  bool roomFor(const Side& s) const { return s.pending() + (s.wbio ? BIO_pending(s.wbio) : 0) < kCap; }
+  bool roomFor(const Side& s) const { return s.pending() < kCap; }
 
   void resolve(const std::string& name, std::function<void(const Resolution&)> cb);
   static void onResolved(void* arg, int status, int timeouts, ares_addrinfo* res);
@@ -332,8 +372,6 @@ class Proxy {
   struct Pooled {
     int fd = -1;
     SSL* ssl = nullptr;
-    BIO* rbio = nullptr;
-    BIO* wbio = nullptr;
     Clock::time_point since;
   };
   std::unordered_map<std::string, std::vector<Pooled>> pool_;
@@ -1142,10 +1180,16 @@ bool Proxy::startTls(Conn* c, Side* s, SSL* ssl) {
     return false;
   }
   s->ssl = ssl;
-  s->rbio = BIO_new(BIO_s_mem());
-  s->wbio = BIO_new(BIO_s_mem());
-  BIO_set_mem_eof_return(s->rbio, -1);
-  SSL_set_bio(ssl, s->rbio, s->wbio);
+  BIO* bio = BIO_new(sideBio());
+  if (bio == nullptr) {
+    SSL_free(ssl);
+    s->ssl = nullptr;
+    fail(c, "TLS setup failed: out of memory");
+    return false;
+  }
+  BIO_set_data(bio, s);
+  BIO_set_init(bio, 1);
+  SSL_set_bio(ssl, bio, bio);
   return true;
 }
 
@@ -1224,7 +1268,7 @@ bool Proxy::parkUpstream(Conn* c) {
   if (!c->intercept || c->phase != Phase::kHttp || c->req != Msg::kHead || c->resp != Msg::kHead ||
       !c->methods.empty() || up->fd < 0 || up->ssl == nullptr || !SSL_is_init_finished(up->ssl) ||
       up->eof || up->raw_eof || up->shut || !up->in.empty() || up->pending() != 0 ||
-      BIO_pending(up->wbio) != 0 || BIO_pending(up->rbio) != 0 || pooled_ >= kPoolMax) {
+      up->raw_in.size() != up->raw_off || pooled_ >= kPoolMax) {
     return false;
   }
   auto& list = pool_[poolKey(c)];
@@ -1232,11 +1276,11 @@ bool Proxy::parkUpstream(Conn* c) {
     return false;
   }
   epoll_ctl(ep_, EPOLL_CTL_DEL, up->fd, nullptr);
-  list.push_back({up->fd, up->ssl, up->rbio, up->wbio, Clock::now()});
+  BIO_set_data(SSL_get_rbio(up->ssl), nullptr);  // no side while parked
+  list.push_back({up->fd, up->ssl, Clock::now()});
   ++pooled_;
   up->fd = -1;
   up->ssl = nullptr;
-  up->rbio = up->wbio = nullptr;
   return true;
 }
 
@@ -1255,8 +1299,7 @@ bool Proxy::takeUpstream(Conn* c) {
     --pooled_;
     c->up.fd = p.fd;
     c->up.ssl = p.ssl;
-    c->up.rbio = p.rbio;
-    c->up.wbio = p.wbio;
+    BIO_set_data(SSL_get_rbio(p.ssl), &c->up);
     c->up.readable = c->up.writable = true;
     c->up_state = Up::kConnected;
     watch(p.fd, &c->up, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
@@ -1341,15 +1384,6 @@ bool Proxy::io(Conn* c, Side* s) {
   }
   char buf[kChunk];
   // TLS output waiting in the BIO goes to the socket buffer first.
-  if (s->wbio != nullptr) {
-    size_t pend = BIO_pending(s->wbio);
-    if (pend > 0) {
-      size_t old = s->out.size();
-      s->out.resize(old + pend);
-      int n = BIO_read(s->wbio, s->out.data() + old, static_cast<int>(pend));
-      s->out.resize(old + static_cast<size_t>(std::max(n, 0)));
-    }
-  }
   while (s->writable && s->pending() > 0) {
     ssize_t n = write(s->fd, s->out.data() + s->out_off, s->pending());
     if (n > 0) {
@@ -1372,7 +1406,7 @@ bool Proxy::io(Conn* c, Side* s) {
     s->out_off = 0;
   }
   while (s->readable && !s->raw_eof &&
-         (s->ssl ? static_cast<size_t>(BIO_pending(s->rbio)) : s->in.size()) < kCap) {
+         (s->ssl ? s->raw_in.size() - s->raw_off : s->in.size()) < kCap) {
     ssize_t n = read(s->fd, buf, sizeof(buf));
     if (n > 0) {
       progress = true;
@@ -1383,7 +1417,7 @@ bool Proxy::io(Conn* c, Side* s) {
         s->readable = false;
       }
       if (s->ssl != nullptr) {
-        BIO_write(s->rbio, buf, static_cast<int>(n));
+        s->raw_in.append(buf, static_cast<size_t>(n));
       } else {
         s->in.append(buf, static_cast<size_t>(n));
       }
@@ -1391,15 +1425,14 @@ bool Proxy::io(Conn* c, Side* s) {
       s->raw_eof = true;
       progress = true;
       if (s->ssl == nullptr) {
-        s->eof = true;
-      } else {
-        BIO_set_mem_eof_return(s->rbio, 0);
+        s->eof = true;  // with ssl, its BIO reports EOF once raw_in is read
       }
     } else if (errno == EAGAIN) {
       s->readable = false;
     }
   }
   if (s->ssl != nullptr) {
+    size_t out_before = s->out.size();  // TLS writes straight into out
     if (!SSL_is_init_finished(s->ssl)) {
       int r = SSL_do_handshake(s->ssl);
       if (r == 1) {
@@ -1437,14 +1470,7 @@ bool Proxy::io(Conn* c, Side* s) {
       progress = true;
       ERR_clear_error();
     }
-    size_t pend = BIO_pending(s->wbio);
-    if (pend > 0) {
-      size_t old = s->out.size();
-      s->out.resize(old + pend);
-      int n = BIO_read(s->wbio, s->out.data() + old, static_cast<int>(pend));
-      s->out.resize(old + static_cast<size_t>(std::max(n, 0)));
-      progress = true;
-    }
+    progress |= s->out.size() != out_before;
   }
   return progress;
 }
@@ -1476,7 +1502,7 @@ void Proxy::pump(Conn* c) {
   // Half-close: once one side has ended and everything it sent is
   // delivered, the other side hears EOF too.
   for (auto [from, to] : {std::pair{&c->down, &c->up}, std::pair{&c->up, &c->down}}) {
-    bool drained = from->in.empty() && to->pending() == 0 && (to->wbio == nullptr || BIO_pending(to->wbio) == 0);
+    bool drained = from->in.empty() && to->pending() == 0;
     Msg state = from == &c->up ? c->resp : c->req;
     bool forward_eof = c->phase == Phase::kTunnel || (c->phase == Phase::kHttp && state != Msg::kBody);
     if (from->eof && drained && !to->shut && to->fd >= 0 && forward_eof &&
@@ -1644,7 +1670,8 @@ bool Proxy::stepClassify(Conn* c) {
       if (!startTls(c, &c->down, o_.ca->newServer(cert_name))) {
         return true;
       }
-      BIO_write(c->down.rbio, c->down.in.data(), static_cast<int>(c->down.in.size()));
+      c->down.raw_in = std::move(c->down.in);  // the ClientHello, replayed into TLS
+      c->down.raw_off = 0;
       c->down.in.clear();
       c->phase = Phase::kHttp;
       if (c->up_state == Up::kIdle && !takeUpstream(c)) {
