@@ -248,8 +248,8 @@ bool requestFraming(const HttpHead& head, Framing* out) {
   bool has_te = false;
   uint64_t length = 0;
   if (!lengthOf(head, &has_length, &length) || !chunkedOf(head, &has_te) ||
-      (has_length && has_te)) {
-    return false;
+      (has_length && has_te) || (has_te && head.minor == 0)) {
+    return false;  // HTTP/1.0 has no chunked: a 1.0 server would misread the body
   }
   if (has_te) {
     *out = {Framing::Kind::kChunked, 0};
@@ -356,9 +356,18 @@ long ChunkedReader::consume(std::string_view in) {
         ++i;
         break;
       case State::kTrailer:
-        if (c == '\n') {
-          state_ = State::kLineStart;
+        if (c == '\r') {
+          state_ = State::kTrailerLineLf;
+        } else if (c == '\n') {
+          return -1;  // bare LF: CRLF only, as in the size lines
         }
+        ++i;
+        break;
+      case State::kTrailerLineLf:
+        if (c != '\n') {
+          return -1;
+        }
+        state_ = State::kLineStart;
         ++i;
         break;
       case State::kTrailerLf:

@@ -68,7 +68,7 @@ class ChunkedReader {
 
  private:
   enum class State { kSize, kSizeExt, kSizeLf, kData, kDataCr, kDataLf, kTrailer,
-                     kTrailerLf, kLineStart, kDone };
+                     kTrailerLineLf, kTrailerLf, kLineStart, kDone };
   State state_ = State::kSize;
   uint64_t left_ = 0;
   int digits_ = 0;

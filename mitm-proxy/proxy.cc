@@ -24,6 +24,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -134,6 +135,31 @@ bool hostPort(std::string_view s, uint16_t default_port, std::string* host, uint
     host->pop_back();
   }
   return !host->empty();
+}
+
+// unroutable reports addresses the proxy never connects to, whatever the
+// policy says: the unspecified address (it reaches the host itself) and
+// guard's own synthetic ranges.
+bool unroutable(const sockaddr_storage& ss) {
+  if (ss.ss_family == AF_INET) {
+    uint32_t a = ntohl(reinterpret_cast<const sockaddr_in&>(ss).sin_addr.s_addr);
+    return (a >> 24) == 0 || (a & ~(kSynth4Size - 1)) == kSynth4;
+  }
+  const auto& a6 = reinterpret_cast<const sockaddr_in6&>(ss).sin6_addr;
+  static const uint8_t kMappedZero[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  return IN6_IS_ADDR_UNSPECIFIED(&a6) || memcmp(a6.s6_addr, kSynth6, 8) == 0 ||
+         (memcmp(a6.s6_addr, kMappedZero, 12) == 0 && a6.s6_addr[12] == 0);
+}
+
+const char* reasonPhrase(int status) {
+  switch (status) {
+    case 400:
+      return " Bad Request";
+    case 403:
+      return " Forbidden";
+    default:
+      return " Bad Gateway";
+  }
 }
 
 bool isIpLiteral(const std::string& s) {
@@ -251,6 +277,7 @@ struct Conn {
   Phase phase = Phase::kClassify;
   Up up_state = Up::kIdle;
   Clock::time_point last = Clock::now();
+  const Clock::time_point created = Clock::now();
   bool established = false;  // past the decision and handshakes: idle timeout applies
   bool dead = false;
   bool destroyed = false;  // closed; freed once the current batch of events is done
@@ -364,6 +391,9 @@ class Proxy {
   std::unordered_map<std::string, Resolution> cache_;
   std::vector<std::function<void()>> deferred_;  // run from the loop, after the events
   std::vector<std::unique_ptr<Conn>> graveyard_;  // destroyed during this batch
+  std::vector<int> paused_;                        // listeners out of descriptors
+  int dns_tcp_open_ = 0;
+  std::unordered_map<int, Fd*> listener_handlers_;
   std::vector<std::unique_ptr<Fd>> fd_graveyard_;
 
   // Idle upstream TLS connections of intercepted sessions, by "name:port",
@@ -455,8 +485,11 @@ Error Proxy::start(Listeners listeners, int stop_fd) {
   ao.sock_state_cb_data = this;
   ao.timeout = 2000;
   ao.tries = 2;
-  int status = ares_init_options(&ares_, &ao,
-                                 ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES);
+  // NOSEARCH: the name the policy judged is the name resolved, never one
+  // completed with the host's search domains.
+  ao.flags = ARES_FLAG_NOSEARCH;
+  int status = ares_init_options(
+      &ares_, &ao, ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_FLAGS);
   if (status != ARES_SUCCESS) {
     return Error(ErrorCode::kInternal, std::string("cannot start the resolver: ") + ares_strerror(status));
   }
@@ -480,6 +513,12 @@ Error Proxy::start(Listeners listeners, int stop_fd) {
   };
   for (int fd : listeners.tcp) {
     add(fd, [this, fd](uint32_t) { accept(fd); });
+    listener_handlers_[fd] = fixed_.back().get();
+  }
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;  // two descriptors per connection
+    setrlimit(RLIMIT_NOFILE, &rl);
   }
   for (int fd : listeners.dns_udp) {
     add(fd, [this, fd](uint32_t) { dnsUdp(fd); });
@@ -873,12 +912,18 @@ void Proxy::dnsTcpAccept(int lfd) {
     if (fd < 0) {
       return;
     }
+    if (dns_tcp_open_ >= 256) {
+      close(fd);  // bounded: DNS over TCP is a fallback, not a channel
+      continue;
+    }
+    ++dns_tcp_open_;
     auto* t = new DnsTcp;
     t->px = this;
     t->fd = fd;
     auto alive = std::make_shared<bool>(true);
     t->on_close = [this, alive](DnsTcp* self) {
       *alive = false;
+      --dns_tcp_open_;
       epoll_ctl(ep_, EPOLL_CTL_DEL, self->fd, nullptr);
       close(self->fd);
       delete self;
@@ -979,6 +1024,12 @@ void Proxy::accept(int lfd) {
     socklen_t len = sizeof(peer);
     int fd = accept4(lfd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) {
+        // Out of descriptors: stop watching the listener (it is level-
+        // triggered and would spin) until the sweep, after closes.
+        epoll_ctl(ep_, EPOLL_CTL_DEL, lfd, nullptr);
+        paused_.push_back(lfd);
+      }
       return;
     }
     if (conns_.size() >= kMaxConns) {
@@ -1088,6 +1139,11 @@ void Proxy::startUpstream(Conn* c) {
       memcpy(&sin6.sin6_addr, c->ip.bytes, 16);
       sin6.sin6_port = htons(c->port);
     }
+    if (unroutable(ss)) {
+      auditConn(c, "deny", nullptr, "the unspecified address and guard's synthetic ranges are never connected to");
+      refuse(c, 403, "guard: unroutable address");
+      return;
+    }
     c->targets = {ss};
     connectNext(c);
     return;
@@ -1110,6 +1166,9 @@ void Proxy::startUpstream(Conn* c) {
     const Verdict* denied = nullptr;
     Verdict last;
     for (sockaddr_storage ss : r.addrs) {
+      if (unroutable(ss)) {
+        continue;
+      }
       policy::IpAddr ip = ipOf(ss);
       last = p_.connect(cc->name, &ip, cc->port);
       if (!last.allowed()) {
@@ -1198,7 +1257,7 @@ void Proxy::refuse(Conn* c, int status, const std::string& why) {
   if (status != 0 && c->phase == Phase::kExplicit && c->down.handshaken()) {
     std::string body = why + "\n";
     sendTo(c, &c->down,
-           "HTTP/1.1 " + std::to_string(status) + (status == 403 ? " Forbidden" : " Bad Gateway") +
+           "HTTP/1.1 " + std::to_string(status) + reasonPhrase(status) +
                "\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: " +
                std::to_string(body.size()) + "\r\n\r\n" + body);
     c->close_after_flush = true;
@@ -1207,7 +1266,7 @@ void Proxy::refuse(Conn* c, int status, const std::string& why) {
   if (status != 0 && c->phase == Phase::kHttp && c->down.handshaken()) {
     std::string body = why + "\n";
     sendTo(c, &c->down,
-           "HTTP/1.1 " + std::to_string(status) + (status == 403 ? " Forbidden" : " Bad Gateway") +
+           "HTTP/1.1 " + std::to_string(status) + reasonPhrase(status) +
                "\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: " +
                std::to_string(body.size()) + "\r\n\r\n" + body);
     c->close_after_flush = true;
@@ -1310,6 +1369,13 @@ bool Proxy::takeUpstream(Conn* c) {
 
 void Proxy::sweep() {
   last_sweep_ = Clock::now();
+  for (int fd : paused_) {
+    watch(fd, listener_handlers_[fd], EPOLLIN);
+  }
+  paused_.clear();
+  std::erase_if(cache_, [&](const auto& kv) {
+    return kv.second.done && kv.second.waiters.empty() && last_sweep_ > kv.second.expires;
+  });
   for (auto& [key, list] : pool_) {
     std::erase_if(list, [&](Pooled& p) {
       if (last_sweep_ - p.since <= kPoolIdle) {
@@ -1321,8 +1387,11 @@ void Proxy::sweep() {
   }
   std::vector<Conn*> expired;
   for (auto& [id, c] : conns_) {
-    auto limit = c->established ? kIdleTimeout : kHandshakeTimeout;
-    if (last_sweep_ - c->last > limit) {
+    // Setup is timed from the start (a byte every few seconds does not keep
+    // an undecided connection alive); an established one from its last read.
+    bool over = c->established ? last_sweep_ - c->last > kIdleTimeout
+                               : last_sweep_ - c->created > kHandshakeTimeout;
+    if (over) {
       expired.push_back(c.get());
     }
   }
@@ -1687,27 +1756,29 @@ bool Proxy::stepClassify(Conn* c) {
     }
     return true;
   }
-  // Not TLS: HTTP when the first line says so, else raw bytes.
-  size_t eol = c->down.in.find("\r\n");
-  if (eol == std::string::npos && c->down.in.size() < 8192 && !c->down.eof) {
-    bool printable = true;
-    for (char ch : c->down.in) {
-      printable &= ch >= 0x20 && ch < 0x7f;
-    }
-    if (printable) {
-      return progress;
+  // Not TLS. Anything a lenient HTTP server might take for a request (a
+  // token and a space, or a leading CR or LF) goes to the strict HTTP
+  // filter, which refuses what it cannot parse; only other bytes (SSH, a
+  // database protocol) are tunnelled.
+  std::string_view in = c->down.in;
+  bool http = in[0] == '\r' || in[0] == '\n';
+  bool decided = http;
+  for (size_t i = 0; !decided && i < in.size() && i < 32; ++i) {
+    char ch = in[i];
+    if (ch == ' ' && i > 0) {
+      http = decided = true;
+    } else if (!(ch >= 'A' && ch <= 'Z') && !(ch >= 'a' && ch <= 'z') && ch != '-' && ch != '_') {
+      decided = true;
     }
   }
-  std::string_view line = std::string_view(c->down.in).substr(0, eol);
+  if (!decided && in.size() < 32 && !c->down.eof) {
+    return progress;
+  }
   c->established = true;
   if (c->up_state == Up::kIdle) {
     startUpstream(c);
   }
-  if (line.size() > 9 && line.substr(line.size() - 9, 7) == " HTTP/1") {
-    c->phase = Phase::kHttp;
-  } else {
-    c->phase = Phase::kTunnel;
-  }
+  c->phase = http ? Phase::kHttp : Phase::kTunnel;
   return true;
 }
 
@@ -1757,18 +1828,43 @@ bool Proxy::requestFilter(Conn* c) {
       t.remove_prefix(7);
       size_t path = t.find_first_of("/?#");
       hostPort(t.substr(0, path), 80, &host, &hport);
+      std::string authority(t.substr(0, path));
       head.target = path == std::string_view::npos ? "/" : std::string(t.substr(path));
-      if (head.find("host") == nullptr) {
-        head.headers.push_back({"Host", std::string(t.substr(0, path))});
-      }
+      // The URL decides where the request goes; a Host header naming
+      // anything else would be fronting, so the URL's authority replaces it.
+      head.erase("host");
+      head.headers.push_back({"Host", authority});
       head.erase("proxy-connection");
       head.erase("proxy-authorization");
-    } else if (const std::string* h = head.find("host")) {
-      hostPort(*h, c->port, &host, &hport);
-    } else if (head.target.rfind("https://", 0) == 0 || head.target.rfind("http://", 0) == 0) {
+    } else {
+      // An absolute-form target names the host a server must use (RFC 9112
+      // 3.2.2): it must agree with Host and with the connection, and goes
+      // upstream in origin-form.
+      const std::string* h = head.find("host");
+      if (h != nullptr) {
+        hostPort(*h, c->port, &host, &hport);
+      }
       std::string_view t = head.target;
-      t.remove_prefix(t.find("//") + 2);
-      hostPort(t.substr(0, t.find_first_of("/?#")), c->port, &host, &hport);
+      if (t.rfind("https://", 0) == 0 || t.rfind("http://", 0) == 0) {
+        t.remove_prefix(t.find("//") + 2);
+        size_t path = t.find_first_of("/?#");
+        std::string url_host;
+        uint16_t url_port = 0;
+        if (!hostPort(t.substr(0, path), c->port, &url_host, &url_port) ||
+            (!host.empty() && url_host != host)) {
+          host = "?";  // disagreement: refused below as fronting
+        } else {
+          host = url_host;
+        }
+        head.target = path == std::string_view::npos ? "/" : std::string(t.substr(path));
+      }
+    }
+    size_t hosts = 0;
+    for (const HttpHeader& hh : head.headers) {
+      hosts += strcasecmp(hh.name.c_str(), "host") == 0 ? 1 : 0;
+    }
+    if (hosts > 1) {
+      host = "?";  // RFC 9112 3.2: more than one Host is refused
     }
     std::string url = std::string(c->intercept ? "https://" : "http://") + c->peer + head.target.substr(0, head.target.find('?'));
     nlohmann::json details = {{"method", head.method}, {"conn", c->id}, {"request", c->requests + 1}};
@@ -1820,20 +1916,29 @@ bool Proxy::requestFilter(Conn* c) {
         if ((c->allowed_secrets >> i & 1) == 0) {
           continue;
         }
+        // Only the credential's own header gets the value, always in the
+        // policy's template: the agent never chooses where a real value
+        // lands (a path, a query, a header the server echoes).
         const Secret& s = o_.secrets[i];
-        size_t n = replaceAll(&head.target, s.placeholder, s.value);
-        for (HttpHeader& h : head.headers) {
-          n += replaceAll(&h.value, s.placeholder, s.value);
+        if (s.header.empty()) {
+          continue;
         }
-        if (!s.header.empty() && head.find(s.header) == nullptr) {
-          std::string v = s.header_template;
-          replaceAll(&v, "{value}", s.value);
-          head.headers.push_back({s.header, v});
-          ++n;
-        }
-        if (n > 0) {
-          injected.push_back(s.name);
-        }
+        std::string v = s.header_template;
+        replaceAll(&v, "{value}", s.value);
+        head.erase(s.header);
+        head.headers.push_back({s.header, v});
+        injected.push_back(s.name);
+      }
+    }
+    if (c->allowed_secrets != 0) {
+      // A compressed response could carry a value redaction cannot see.
+      head.erase("accept-encoding");
+      head.headers.push_back({"Accept-Encoding", "identity"});
+      if (head.find("upgrade") != nullptr) {
+        audit("http", url, "deny", nullptr,
+              "protocol upgrades are refused on connections that carry credentials", details);
+        refuse(c, 403, "guard: no protocol upgrade on a connection that carries credentials");
+        return true;
       }
     }
     if (!injected.empty()) {
@@ -1900,7 +2005,13 @@ bool Proxy::moveBody(Conn* c, Body* b, Side* from, Side* to, bool request) {
     b->ended = true;
   }
   std::string_view region = std::string_view(from->in).substr(0, b->counted);
-  size_t keep = b->ended ? 0 : std::min(region.size(), scanner_.longest() > 0 ? scanner_.longest() - 1 : 0);
+  // Bytes that could begin a secret stay until the rest arrives (more when
+  // chunk framing may sit inside it).
+  size_t window = scanner_.longest() > 0 ? scanner_.longest() - 1 : 0;
+  if (window > 0 && b->framing.kind == Framing::Kind::kChunked) {
+    window += 64;
+  }
+  size_t keep = b->ended ? 0 : std::min(region.size(), window);
   if (request) {
     std::string text = c->scan_tail + std::string(region);
     if (auto hit = scanner_.find(text, c->allowed_secrets)) {
@@ -1914,7 +2025,7 @@ bool Proxy::moveBody(Conn* c, Body* b, Side* from, Side* to, bool request) {
     }
   } else {
     std::string mutable_region(region);
-    if (redactValues(o_.secrets, &mutable_region) > 0) {
+    if (redactValues(o_.secrets, &mutable_region, b->framing.kind == Framing::Kind::kChunked) > 0) {
       from->in.replace(0, region.size(), mutable_region);
       audit("redact", c->peer, "allow", nullptr, "a response carried a credential's real value; the agent got the placeholder",
             {{"conn", c->id}});
@@ -1976,6 +2087,12 @@ bool Proxy::responseFilter(Conn* c) {
     if (r != HeadParse::kOk || c->methods.empty()) {
       auditConn(c, "deny", nullptr, c->methods.empty() ? "a response nobody asked for" : "malformed HTTP response");
       refuse(c, 502, "guard: malformed response from " + c->peer);
+      return true;
+    }
+    if (const std::string* enc = head.find("content-encoding");
+        c->allowed_secrets != 0 && enc != nullptr && strcasecmp(enc->c_str(), "identity") != 0) {
+      auditConn(c, "deny", nullptr, "a compressed response on a connection that carries credentials");
+      refuse(c, 502, "guard: the server sent a compressed response; refused on a credential connection");
       return true;
     }
     size_t redacted = redactValues(o_.secrets, &head.reason);

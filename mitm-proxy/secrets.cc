@@ -154,11 +154,63 @@ size_t replaceAll(std::string* text, std::string_view from, std::string_view to)
   return n;
 }
 
-size_t redactValues(const std::vector<Secret>& secrets, std::string* text) {
+namespace {
+
+// framingAt returns the length of a chunk boundary ("\r\n" HEX [";" ext]
+// "\r\n", RFC 9112 7.1) at TEXT[AT], or 0.
+size_t framingAt(std::string_view text, size_t at) {
+  if (text.substr(at, 2) != "\r\n") {
+    return 0;
+  }
+  size_t i = at + 2;
+  size_t digits = 0;
+  while (i < text.size() && std::isxdigit(static_cast<unsigned char>(text[i])) && digits < 16) {
+    ++i;
+    ++digits;
+  }
+  if (digits == 0) {
+    return 0;
+  }
+  while (i < text.size() && text[i] != '\r' && i - at < 256) {
+    ++i;  // chunk extensions
+  }
+  return text.substr(i, 2) == "\r\n" ? i + 2 - at : 0;
+}
+
+}  // namespace
+
+size_t redactValues(const std::vector<Secret>& secrets, std::string* text, bool chunked) {
   size_t n = 0;
   for (const Secret& s : secrets) {
-    if (!s.value.empty() && s.value.size() == s.placeholder.size()) {
-      n += replaceAll(text, s.value, s.placeholder);
+    if (s.value.empty() || s.value.size() != s.placeholder.size()) {
+      continue;
+    }
+    n += replaceAll(text, s.value, s.placeholder);
+    if (!chunked) {
+      continue;
+    }
+    // A value split by chunk framing: match it with the framing skipped,
+    // and overwrite only its own bytes.
+    for (size_t start = text->find(s.value[0]); start != std::string::npos;
+         start = text->find(s.value[0], start + 1)) {
+      std::vector<size_t> where;
+      size_t k = start;
+      for (size_t j = 0; j < s.value.size() && k < text->size();) {
+        if ((*text)[k] == s.value[j]) {
+          where.push_back(k++);
+          ++j;
+        } else if (size_t f = j > 0 ? framingAt(*text, k) : 0; f > 0) {
+          k += f;
+        } else {
+          break;
+        }
+      }
+      if (where.size() == s.value.size()) {
+        for (size_t j = 0; j < where.size(); ++j) {
+          (*text)[where[j]] = s.placeholder[j];
+        }
+        ++n;
+      }
     }
   }
   return n;

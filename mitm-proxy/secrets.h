@@ -61,8 +61,10 @@ class SecretScanner {
 };
 
 // redactValues replaces, in place, every real value in TEXT by its
-// placeholder (same length). Returns how many were replaced.
-size_t redactValues(const std::vector<Secret>& secrets, std::string* text);
+// placeholder (same length). With CHUNKED, TEXT is a chunked body and a
+// value split by chunk framing is found too (only its own bytes change).
+// Returns how many were replaced.
+size_t redactValues(const std::vector<Secret>& secrets, std::string* text, bool chunked = false);
 
 // replaceAll replaces every FROM in TEXT by TO; returns the count.
 size_t replaceAll(std::string* text, std::string_view from, std::string_view to);
