@@ -415,6 +415,9 @@ class Proxy {
   uint32_t synth_next_ = 0;
   FILE* record_ = nullptr;
   int pid_ = static_cast<int>(getpid());
+  // has_values_: some credential has a real value (redaction has work to do).
+  bool has_values_ = std::any_of(o_.secrets.begin(), o_.secrets.end(),
+                                 [](const Secret& s) { return !s.value.empty(); });
   Clock::time_point last_sweep_ = Clock::now();
 };
 
@@ -2012,7 +2015,7 @@ bool Proxy::moveBody(Conn* c, Body* b, Side* from, Side* to, bool request) {
     window += 64;
   }
   size_t keep = b->ended ? 0 : std::min(region.size(), window);
-  if (request) {
+  if (request && !scanner_.empty()) {
     std::string text = c->scan_tail + std::string(region);
     if (auto hit = scanner_.find(text, c->allowed_secrets)) {
       const Secret& s = o_.secrets[hit->secret];
@@ -2023,7 +2026,7 @@ bool Proxy::moveBody(Conn* c, Body* b, Side* from, Side* to, bool request) {
       refuse(c, 403, "guard: request blocked: its body carries credential " + s.name);
       return true;
     }
-  } else {
+  } else if (has_values_) {
     std::string mutable_region(region);
     if (redactValues(o_.secrets, &mutable_region, b->framing.kind == Framing::Kind::kChunked) > 0) {
       from->in.replace(0, region.size(), mutable_region);
