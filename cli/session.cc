@@ -122,6 +122,26 @@ void networkEnvironment(std::vector<std::string>* env, const Credentials& creds)
   }
 }
 
+// loadSessionPolicy fills *CTX from the environment and loads the layered
+// policy (FILES replace the user and project layers). Policy errors are
+// printed as they are (file:line:col); the returned error says guard refuses.
+Result<policy::Policy> loadSessionPolicy(const std::vector<std::string>& files, policy::Context* ctx,
+                                         policy::Loaded* loaded) {
+  auto ctx_or = policy::contextFromEnvironment();
+  if (!ctx_or.ok()) {
+    return ctx_or.error();
+  }
+  *ctx = ctx_or.value();
+  policy::LoadOptions load;
+  load.explicit_files = files;
+  auto pol = policy::loadPolicy(ctx, load, loaded);
+  if (!pol.ok()) {
+    std::fprintf(stderr, "%s\n", pol.error().message().c_str());  // file:line:col errors
+    return Error(pol.error().code(), "refusing to run: the policy has errors");
+  }
+  return pol;
+}
+
 std::string runtimeDir() {
   const char* x = getenv("XDG_RUNTIME_DIR");
   if (x != nullptr && x[0] == '/' && access(x, W_OK) == 0) {
@@ -143,18 +163,11 @@ int runSession(const SessionOptions& options) {
   if (options.command.empty()) {
     return refuse("nothing to run\n  usage: guard [--policy FILE]... [--audit FILE] -- CMD [ARGS...]");
   }
-  auto ctx_or = policy::contextFromEnvironment();
-  if (!ctx_or.ok()) {
-    return refuse(ctx_or.error().message());
-  }
-  policy::Context ctx = ctx_or.value();
-  policy::LoadOptions load;
-  load.explicit_files = options.policy_files;
+  policy::Context ctx;
   policy::Loaded loaded;
-  auto pol = policy::loadPolicy(&ctx, load, &loaded);
+  auto pol = loadSessionPolicy(options.policy_files, &ctx, &loaded);
   if (!pol.ok()) {
-    std::fprintf(stderr, "%s\n", pol.error().message().c_str());
-    return refuse("refusing to run: the policy has errors");
+    return refuse(pol.error().message());
   }
   const policy::Policy& p = pol.value();
 
@@ -344,18 +357,11 @@ int runSession(const SessionOptions& options) {
 }
 
 int runProxyCommand(const ProxyCommandOptions& options) {
-  auto ctx_or = policy::contextFromEnvironment();
-  if (!ctx_or.ok()) {
-    return refuse(ctx_or.error().message());
-  }
-  policy::Context ctx = ctx_or.value();
-  policy::LoadOptions load;
-  load.explicit_files = options.policy_files;
+  policy::Context ctx;
   policy::Loaded loaded;
-  auto pol = policy::loadPolicy(&ctx, load, &loaded);
+  auto pol = loadSessionPolicy(options.policy_files, &ctx, &loaded);
   if (!pol.ok()) {
-    std::fprintf(stderr, "%s\n", pol.error().message().c_str());
-    return refuse("refusing to run: the policy has errors");
+    return refuse(pol.error().message());
   }
   // The listener: ADDR:PORT, IPv6 in brackets.
   std::string addr = options.listen;

@@ -393,6 +393,10 @@ class Proxy {
   std::vector<std::unique_ptr<Conn>> graveyard_;  // destroyed during this batch
   std::vector<int> paused_;                        // listeners out of descriptors
   int dns_tcp_open_ = 0;
+  // Rate limit of dropped-packet events (see dropped()).
+  Clock::time_point drop_window_ = Clock::now();
+  int drop_events_ = 0;
+  uint64_t drop_suppressed_ = 0;
   std::unordered_map<int, Fd*> listener_handlers_;
   std::vector<std::unique_ptr<Fd>> fd_graveyard_;
 
@@ -953,9 +957,6 @@ void Proxy::dnsTcpAccept(int lfd) {
 // counted into the next event.
 void Proxy::dropped(int fd) {
   constexpr int kMaxDropEvents = 50;
-  static Clock::time_point window = Clock::now();
-  static int events = 0;
-  static uint64_t suppressed = 0;
   alignas(nlmsghdr) char buf[8192];
   for (;;) {
     ssize_t n = recv(fd, buf, sizeof(buf), 0);
@@ -1000,18 +1001,18 @@ void Proxy::dropped(int fd) {
       if ((proto == IPPROTO_UDP || proto == IPPROTO_TCP) && payload.size() >= hlen + 4) {
         target = (version == 6 ? "[" + target + "]" : target) + ":" + std::to_string(u(hlen + 2) << 8 | u(hlen + 3));
       }
-      if (Clock::now() - window > std::chrono::seconds(1)) {
-        window = Clock::now();
-        events = 0;
+      if (Clock::now() - drop_window_ > std::chrono::seconds(1)) {
+        drop_window_ = Clock::now();
+        drop_events_ = 0;
       }
-      if (++events > kMaxDropEvents) {
-        ++suppressed;
+      if (++drop_events_ > kMaxDropEvents) {
+        ++drop_suppressed_;
         continue;
       }
       nlohmann::json details = {{"protocol", pname}};
-      if (suppressed > 0) {
-        details["suppressed_before"] = suppressed;
-        suppressed = 0;
+      if (drop_suppressed_ > 0) {
+        details["suppressed_before"] = drop_suppressed_;
+        drop_suppressed_ = 0;
       }
       audit("packet", std::string(pname) + " " + target, "deny", nullptr,
             "only TCP (through the proxy) and DNS leave the agent's network namespace", details);
@@ -1257,16 +1258,10 @@ bool Proxy::startTls(Conn* c, Side* s, SSL* ssl) {
 
 void Proxy::refuse(Conn* c, int status, const std::string& why) {
   spdlog::debug("[c{}] refused: {}", c->id, why);
-  if (status != 0 && c->phase == Phase::kExplicit && c->down.handshaken()) {
-    std::string body = why + "\n";
-    sendTo(c, &c->down,
-           "HTTP/1.1 " + std::to_string(status) + reasonPhrase(status) +
-               "\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: " +
-               std::to_string(body.size()) + "\r\n\r\n" + body);
-    c->close_after_flush = true;
-    return;
-  }
-  if (status != 0 && c->phase == Phase::kHttp && c->down.handshaken()) {
+  // Where the agent speaks HTTP to us, it gets a page that says why; the
+  // server side (if any) is dropped, since the exchange is over.
+  bool http = c->phase == Phase::kExplicit || c->phase == Phase::kHttp;
+  if (status != 0 && http && c->down.handshaken()) {
     std::string body = why + "\n";
     sendTo(c, &c->down,
            "HTTP/1.1 " + std::to_string(status) + reasonPhrase(status) +
@@ -1274,6 +1269,7 @@ void Proxy::refuse(Conn* c, int status, const std::string& why) {
                std::to_string(body.size()) + "\r\n\r\n" + body);
     c->close_after_flush = true;
     if (c->up.fd >= 0) {
+      epoll_ctl(ep_, EPOLL_CTL_DEL, c->up.fd, nullptr);
       c->up.closeAll();
     }
     return;

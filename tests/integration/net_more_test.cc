@@ -48,7 +48,8 @@ struct Session {
   std::string policy = net.dir() + "/policy.yaml";
   std::string audit = net.dir() + "/audit.jsonl";
 
-  Session() {
+  // DNS_ARGS go to the DNS upstream (e.g. {"--map", "NAME=ADDR"}).
+  explicit Session(std::vector<std::string> dns_args = {}) : net(TestNet::defaultSites(), dns_args) {
     fs::create_directories(project);
     fs::permissions(project, fs::perms::all);
   }
@@ -101,26 +102,6 @@ struct Session {
   }
 };
 
-bool ready(std::string* why) {
-  if (std::string tool = TestNet::missingTool(); !tool.empty()) {
-    *why = tool + " is not installed";
-    return false;
-  }
-  Run r = runProgram({"unshare", "-Urn", "true"}, "/", {std::string("PATH=") + kPath});
-  if (r.status != 0) {
-    *why = "user and network namespaces are unavailable";
-    return false;
-  }
-  return true;
-}
-
-#define NET_READY()      \
-  do {                   \
-    std::string why_;    \
-    if (!ready(&why_)) { \
-      GUARD_SKIP(why_);  \
-    }                    \
-  } while (0)
 
 // sshClone is the agent's script: clone SSHD's repository from USER@NAME
 // over ssh into DIR and print "TAG-rc=STATUS". With TUNNEL, ssh reaches NAME
@@ -147,7 +128,7 @@ std::string cloneHead(const TestNet& net, const std::string& dir) {
 
 TEST_CASE("git over ssh reaches an allowed name through the proxy, not a denied one",
           "[integration][net]") {
-  NET_READY();
+  GUARD_NET_READY();
   if (std::string tool = SshServer::missingTool(); !tool.empty()) {
     GUARD_SKIP(tool + " is not installed (Debian: openssh-server, openssh-client)");
   }
@@ -192,7 +173,7 @@ TEST_CASE("git over ssh reaches an allowed name through the proxy, not a denied 
 
 TEST_CASE("a server-first protocol gets its banner through on an allowed port only",
           "[integration][net]") {
-  NET_READY();
+  GUARD_NET_READY();
   Session s;
   BannerServer banner(s.net, "allowed.test", "GUARD-BANNER-c81e5a");
   std::string client =
@@ -283,7 +264,7 @@ std::string ensureUnprivUser(uid_t* uid, gid_t* gid) {
 
 TEST_CASE("the network holds for an unprivileged user: allowed name reached, denied one not",
           "[integration][net]") {
-  NET_READY();
+  GUARD_NET_READY();
   uid_t uid = 0;
   gid_t gid = 0;
   if (std::string why = ensureUnprivUser(&uid, &gid); !why.empty()) {
@@ -350,6 +331,29 @@ TEST_CASE("the network holds for an unprivileged user: allowed name reached, den
   REQUIRE(stat(audit.c_str(), &st) == 0);
   CHECK(st.st_uid == uid);
   CHECK(has(readFile(audit), "forbidden.test"));
+}
+
+TEST_CASE("an allowed name that resolves to the unspecified address reaches nothing of the host",
+          "[integration][net][adversarial]") {
+  GUARD_NET_READY();
+  if (!TestNet::hasIpv6Loopback()) {
+    GUARD_SKIP("no IPv6 loopback: the host-side listener needs ::1");
+  }
+  // zero.test is allowed, and its upstream answer is "::": a connect to it
+  // from the host's namespace would reach the host's own ::1.
+  Session s({"--map", "zero.test=::"});
+  BannerServer banner(s.net, "allowed.test", "GUARD-BANNER-ZERO");
+  std::ofstream(s.policy) << "version: 1\nnetwork:\n  default: deny\n  rules:\n"
+                             "    - allow: [zero.test]\n      ports: ["
+                          << banner.port() << "]\nfilesystem:\n  default: read-only\n";
+  Run r = s.run("python3 -c \"import socket\ns = socket.create_connection(('zero.test', " +
+                std::to_string(banner.port()) +
+                "), 5)\nprint('got=' + s.recv(100).decode())\"; echo rc=$?");
+  INFO(r.out << r.err << "\nbanner log:\n" << banner.log());
+  usleep(300 * 1000);
+  CHECK(has(s.net.dnsLog(), "zero.test"));  // it was resolved upstream...
+  CHECK_FALSE(has(r.out, "GUARD-BANNER-ZERO"));
+  CHECK(banner.log().empty());  // ...and never connected to
 }
 
 }  // namespace

@@ -107,30 +107,10 @@ struct Net {
   }
 };
 
-bool ready(std::string* why) {
-  if (std::string tool = TestNet::missingTool(); !tool.empty()) {
-    *why = tool + " is not installed";
-    return false;
-  }
-  Run r = runProgram({"unshare", "-Urn", "true"}, "/", {std::string("PATH=") + kPath});
-  if (r.status != 0) {
-    *why = "user and network namespaces are unavailable";
-    return false;
-  }
-  return true;
-}
-
-#define NET_READY()               \
-  do {                            \
-    std::string why_;             \
-    if (!ready(&why_)) {          \
-      GUARD_SKIP(why_);           \
-    }                             \
-  } while (0)
 
 TEST_CASE("allowed names work through the proxy for curl, python, node and git",
           "[integration][net]") {
-  NET_READY();
+  GUARD_NET_READY();
   Net n;
   Run r = n.run(
       // transparent capture (no proxy variables), tunnelled: the agent's own trust
@@ -175,7 +155,7 @@ TEST_CASE("allowed names work through the proxy for curl, python, node and git",
 }
 
 TEST_CASE("IPv6 reaches an allowed name through the proxy", "[integration][net]") {
-  NET_READY();
+  GUARD_NET_READY();
   if (!TestNet::hasIpv6Loopback()) {
     GUARD_SKIP("no IPv6 loopback");
   }
@@ -188,7 +168,7 @@ TEST_CASE("IPv6 reaches an allowed name through the proxy", "[integration][net]"
 
 TEST_CASE("a denied name is refused: no DNS query leaves, no connection is made",
           "[integration][net][adversarial]") {
-  NET_READY();
+  GUARD_NET_READY();
   Net n;
   Run r = n.run(
       "curl --noproxy '*' -sS --max-time 5 -k https://forbidden.test:$P/?via=transparent; "
@@ -219,7 +199,7 @@ TEST_CASE("a denied name is refused: no DNS query leaves, no connection is made"
 
 TEST_CASE("addresses instead of names, UDP, raw sockets and a static binary reach nothing",
           "[integration][net][adversarial]") {
-  NET_READY();
+  GUARD_NET_READY();
   Net n;
   std::string allowed_ip = n.net.address("allowed.test");
   std::string rawnet = fs::absolute("build/tests/helpers/rawnet").string();
@@ -272,7 +252,7 @@ TEST_CASE("addresses instead of names, UDP, raw sockets and a static binary reac
 }
 
 TEST_CASE("domain fronting is refused both ways", "[integration][net][adversarial]") {
-  NET_READY();
+  GUARD_NET_READY();
   Net n;
   Run r = n.run(
       // SNI allowed (inspect.test), Host denied.
@@ -312,7 +292,7 @@ TEST_CASE("domain fronting is refused both ways", "[integration][net][adversaria
 
 TEST_CASE("credentials: the agent holds a placeholder, the destination gets the value",
           "[integration][net][adversarial]") {
-  NET_READY();
+  GUARD_NET_READY();
   Net n;
   Run r = n.run(
       "echo \"seen=$TEST_TOKEN\"; "
@@ -363,7 +343,7 @@ TEST_CASE("credentials: the agent holds a placeholder, the destination gets the 
 }
 
 TEST_CASE("an upstream with an untrusted certificate is refused", "[integration][net][adversarial]") {
-  NET_READY();
+  GUARD_NET_READY();
   Net n;
   Run r = n.run("curl --noproxy '*' -sS --max-time 10 https://untrusted.test:$P/?via=untrusted; echo rc=$?");
   INFO(r.out << r.err);
@@ -378,7 +358,7 @@ TEST_CASE("an upstream with an untrusted certificate is refused", "[integration]
 
 TEST_CASE("when the proxy dies the agent reaches nothing and the session ends",
           "[integration][net][adversarial]") {
-  NET_READY();
+  GUARD_NET_READY();
   Net n;
   // The agent makes one request, then waits for a file the test creates
   // once it has killed the proxy, then tries again.
@@ -414,7 +394,7 @@ TEST_CASE("when the proxy dies the agent reaches nothing and the session ends",
 
 TEST_CASE("load: 1,000 concurrent connections, 20,000 intercepted requests, one event each",
           "[integration][net][load]") {
-  NET_READY();
+  GUARD_NET_READY();
   std::string loadgen = fs::absolute("build/bench/proxy-loadgen").string();
   if (!fs::exists(loadgen)) {
     GUARD_SKIP("build/bench/proxy-loadgen is not built");

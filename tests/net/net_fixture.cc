@@ -160,6 +160,19 @@ std::vector<NetSite> TestNet::defaultSites() {
           {kUntrustedHost, {"127.0.0.5"}}};
 }
 
+bool TestNet::usable(std::string* why) {
+  if (std::string tool = missingTool(); !tool.empty()) {
+    *why = tool + " is not installed";
+    return false;
+  }
+  Run r = runProgram({"unshare", "-Urn", "true"}, "/", {"PATH=/usr/local/bin:/usr/bin:/bin"});
+  if (r.status != 0) {
+    *why = "user and network namespaces are unavailable";
+    return false;
+  }
+  return true;
+}
+
 std::string TestNet::missingTool() {
   for (const char *tool : {"nginx", "openssl", "python3", "git"}) {
     if (inPath(tool).empty()) {

@@ -63,6 +63,11 @@ public:
   // installed (nginx, openssl, python3, git), or "" when all are there.
   static std::string missingTool();
 
+  // usable reports whether network tests can run here: the tools are
+  // installed and this user may create user and network namespaces (guard
+  // needs both); on false *WHY says what is missing.
+  static bool usable(std::string* why);
+
   // dir is the fixture's temp dir; everything it writes lives below it.
   const std::string &dir() const { return dir_; }
   // scripts is the directory holding the fixture's scripts (origin.py,
@@ -144,3 +149,13 @@ private:
 };
 
 } // namespace guard::testing
+
+// GUARD_NET_READY skips the current test (GUARD_SKIP) when TestNet::usable
+// says network tests cannot run here.
+#define GUARD_NET_READY()                   \
+  do {                                      \
+    std::string why_;                       \
+    if (!::guard::testing::TestNet::usable(&why_)) { \
+      GUARD_SKIP(why_);                     \
+    }                                       \
+  } while (0)
