@@ -19,16 +19,20 @@ Strictness strictDecision(const RuleInfo& r) {
   return r.mode == Mode::kAudit ? 1 : 2;
 }
 
+// strictAccess orders filesystem rules: by access (hidden strictest), and
+// between two rules of the same access an enforced one above an audit one,
+// so that no layer's audit-mode rule can soften another's enforced floor.
 Strictness strictAccess(const RuleInfo& r) {
+  Strictness enforce = r.mode == Mode::kAudit ? 0 : 1;
   switch (r.access) {
     case Access::kReadWrite:
       return 0;
     case Access::kReadOnly:
-      return 1;
+      return 2 + enforce;
     case Access::kHidden:
-      return 2;
+      return 4 + enforce;
   }
-  return 2;
+  return 5;
 }
 
 bool portMatches(const RuleInfo& r, uint16_t port) {

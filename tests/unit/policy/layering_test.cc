@@ -1011,5 +1011,22 @@ TEST_CASE("layering: locking what cannot loosen anything is an error", "[unit][p
   }
 }
 
+// Found by the policy fuzzer: a later layer's locked audit-mode rule on the
+// same path used to win over the org's locked enforced one (equal access,
+// so the later one was kept), turning the org's floor into would_deny.
+TEST_CASE("a later locked audit-mode rule does not soften an enforced locked floor",
+          "[unit][policy][layering]") {
+  Policy p = compileOk(
+      {orgLayer("filesystem:\n  rules:\n    - hidden: \"/home/u/.ssh\"\n      locked: true\n"),
+       projectLayer("filesystem:\n  rules:\n    - hidden: \"/home/u/.ssh\"\n      locked: true\n"
+                    "      mode: audit\n")});
+  for (FileOp op : {FileOp::kRead, FileOp::kWrite}) {
+    Verdict v = p.file("/home/u/.ssh/id_rsa", op);
+    CHECK(dec(v) == "deny");
+    CHECK(v.access == Access::kHidden);
+    CHECK(v.rule.layer == "org");
+  }
+}
+
 }  // namespace
 }  // namespace guard::policy
