@@ -45,3 +45,19 @@ if [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" != "666" ]; then
   echo "install-deps: making /dev/fuse 0666 (Debian's default) for unprivileged sessions"
   $SUDO chmod 0666 /dev/fuse
 fi
+
+# The MCP tests drive real MCP servers and clients from the npm registry
+# (tests/mcp/package-lock.json pins them). npm ci runs again only when the
+# lock file changed since the last install.
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mcp_dir="$repo_root/tests/mcp"
+mcp_stamp="$mcp_dir/node_modules/.guard-lock.sha256"
+mcp_lock_sum="$(sha256sum "$mcp_dir/package-lock.json" | cut -d' ' -f1)"
+if [ -f "$mcp_stamp" ] && [ "$(cat "$mcp_stamp")" = "$mcp_lock_sum" ]; then
+  echo "install-deps: tests/mcp node_modules up to date"
+else
+  command -v npm >/dev/null || { echo "install-deps: npm is missing (it comes with the nodejs package)" >&2; exit 1; }
+  echo "install-deps: npm ci in tests/mcp"
+  npm ci --prefix "$mcp_dir" --no-audit --no-fund --ignore-scripts
+  echo "$mcp_lock_sum" > "$mcp_stamp"
+fi
