@@ -358,6 +358,21 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   prx->add_option("--record", px.record_file, "flow capture file (JSON Lines)");
 
+  guard::cli::McpWrapOptions mw;
+  auto* mcw = app.add_subcommand(
+      "mcp-wrap",
+      "run one stdio MCP server behind the policy's tool filter: tools/list loses the\n"
+      "denied tools, tools/call of a denied tool gets a JSON-RPC error and never reaches\n"
+      "the server, every call is an audit event. Inside `guard --` sessions this\n"
+      "happens on its own; use mcp-wrap to govern a server an MCP client starts outside\n"
+      "one, e.g. as the command of a client's server configuration:\n"
+      "  guard mcp-wrap -- npx -y @modelcontextprotocol/server-filesystem ~/notes");
+  mcw->add_option("--policy", mw.policy_files, "policy file; repeat to layer")
+      ->check(CLI::ExistingFile)
+      ->allow_extra_args(false);
+  mcw->add_option("--audit", mw.audit_file, "audit log (JSON Lines)");
+  mcw->add_option("command", mw.command, "the server's command line (after --)")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -372,6 +387,9 @@ int main(int argc, char** argv) {
   }
   if (*prx) {
     return guard::cli::runProxyCommand(px);
+  }
+  if (*mcw) {
+    return guard::cli::runMcpWrap(mw);
   }
   if (*tru) {
     std::string file = trust_file.empty() ? ".guard.yaml" : trust_file;

@@ -7,8 +7,10 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <climits>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +22,7 @@
 
 #include "cli/credentials.h"
 #include "fusefs/view.h"
+#include "mitm-proxy/mcp.h"
 #include "mitm-proxy/proxy.h"
 #include "policy/audit.h"
 #include "policy/loader.h"
@@ -96,6 +99,18 @@ std::vector<std::string> agentEnvironment(const policy::Policy& p, policy::Audit
 // The trust store a Debian-family host keeps; the session CA is appended to
 // it in the agent's view, and every CA variable points at it.
 constexpr const char* kCaBundle = "/etc/ssl/certs/ca-certificates.crt";
+// Where the agent finds the preload shim: the view serves it there.
+constexpr const char* kShimInView = "/usr/lib/libguard-interpose.so";
+
+// shimPath is the preload shim on the host: built and installed next to
+// the guard binary.
+std::string shimPath() {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  std::string dir = n > 0 ? std::string(exe, static_cast<size_t>(n)) : std::string();
+  dir = dir.substr(0, dir.rfind('/') == std::string::npos ? 0 : dir.rfind('/'));
+  return dir + "/libguard-interpose.so";
+}
 
 std::string readAll(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -113,7 +128,7 @@ void networkEnvironment(std::vector<std::string>* env, const Credentials& creds)
       {"NO_PROXY", "localhost,127.0.0.1,::1"}, {"no_proxy", "localhost,127.0.0.1,::1"},
       {"SSL_CERT_FILE", kCaBundle}, {"NODE_EXTRA_CA_CERTS", kCaBundle},
       {"REQUESTS_CA_BUNDLE", kCaBundle}, {"CURL_CA_BUNDLE", kCaBundle},
-      {"GIT_SSL_CAINFO", kCaBundle}};
+      {"GIT_SSL_CAINFO", kCaBundle}, {"LD_PRELOAD", kShimInView}};
   set.insert(set.end(), creds.variables.begin(), creds.variables.end());
   for (const auto& [name, value] : set) {
     std::string prefix = name + "=";
@@ -238,6 +253,18 @@ int runSession(const SessionOptions& options) {
     vopts.overlays.emplace_back(kCaBundle, readAll(kCaBundle) + "\n# guard session CA\n" +
                                                popts.ca->certPem());
   }
+  // The preload shim is served by the view itself and named in
+  // /etc/ld.so.preload there, so every dynamic program of the session loads
+  // it whatever its environment says (docs/security.md, "MCP servers").
+  std::string shim = readAll(shimPath());
+  if (shim.empty()) {
+    proxy::stopProxy(&proxy);
+    rmdir(mnt.c_str());
+    return refuse("cannot read the preload shim " + shimPath() +
+                  " (it is built next to guard: run make)");
+  }
+  vopts.overlays.emplace_back(kShimInView, std::move(shim));
+  vopts.overlays.emplace_back("/etc/ld.so.preload", std::string(kShimInView) + "\n");
   auto view_or = fusefs::spawnView(p, audit_path, vopts);
   if (!view_or.ok()) {
     rmdir(mnt.c_str());
@@ -443,6 +470,91 @@ int runProxyCommand(const ProxyCommandOptions& options) {
     return refuse("the audit log failed: " + flushed.message());
   }
   return 0;
+}
+
+}  // namespace guard::cli
+
+namespace guard::cli {
+
+int runMcpWrap(const McpWrapOptions& options) {
+  policy::Context ctx;
+  policy::Loaded loaded;
+  auto pol = loadSessionPolicy(options.policy_files, &ctx, &loaded);
+  if (!pol.ok()) {
+    return refuse(pol.error().message());
+  }
+  const policy::Policy& p = pol.value();
+  std::string audit_path =
+      options.audit_file.empty() ? policy::defaultAuditPath() : options.audit_file;
+  auto sink_or = policy::FileAuditSink::open(audit_path);
+  if (!sink_or.ok()) {
+    return refuse("cannot open the audit log: " + sink_or.error().message());
+  }
+  policy::AuditSink* sink = sink_or.value().get();
+  proxy::McpContext mctx;
+  mctx.policy = &p;
+  mctx.sink = sink;
+  mctx.base.session = policy::newSessionId();
+  mctx.base.user = ctx.user;
+  mctx.base.groups = ctx.groups;
+  mctx.base.host = ctx.host;
+  mctx.mode = "mcp-wrap";
+  signal(SIGPIPE, SIG_IGN);
+
+  std::string name(p.mcpServerForCommand(options.command));
+  policy::Verdict v = p.mcpServer(name);
+  std::string argv;
+  for (const std::string& a : options.command) {
+    argv += (argv.empty() ? "" : " ") + a;
+  }
+  AuditEvent start = event(mctx.base, "mcp", "start", name.empty() ? argv : name,
+                           policy::decisionName(v.decision));
+  start.component = "cli";
+  start.rule = {std::string(v.rule.id), std::string(v.rule.layer), v.rule.source()};
+  start.details = {{"server", name}, {"transport", "stdio"}, {"argv", options.command},
+                   {"mode", "mcp-wrap"}};
+  sink->emit(std::move(start));
+  if (!v.allowed() || name.empty()) {
+    // An unknown server is denied even under `mcp.default: allow`: with no
+    // entry there are no tool rules to filter by.
+    std::string message =
+        name.empty() ? "no MCP server entry of the policy matches `" + argv + "`"
+                     : "MCP server '" + name + "' is denied by " + std::string(v.rule.id);
+    std::fprintf(stderr, "guard: %s\n", message.c_str());
+    proxy::McpFilter filter(&mctx, name, "stdio", "guard: " + message);
+    proxy::relayStdio(&filter, dup(0), dup(1), -1);
+    sink->flush();
+    return 126;
+  }
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    return refuse(std::string("cannot create the server's socket: ") + strerror(errno));
+  }
+  pid_t child = fork();
+  if (child < 0) {
+    return refuse(std::string("cannot fork: ") + strerror(errno));
+  }
+  if (child == 0) {
+    signal(SIGPIPE, SIG_DFL);
+    dup2(sv[1], 0);
+    dup2(sv[1], 1);
+    std::vector<char*> args;
+    for (const std::string& a : options.command) {
+      args.push_back(const_cast<char*>(a.c_str()));
+    }
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    std::fprintf(stderr, "guard: cannot run %s: %s\n", args[0], strerror(errno));
+    _exit(127);
+  }
+  close(sv[1]);
+  proxy::McpFilter filter(&mctx, name, "stdio");
+  proxy::relayStdio(&filter, dup(0), dup(1), sv[0]);
+  int status = 0;
+  while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
+  sink->flush();
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 }  // namespace guard::cli

@@ -31,6 +31,19 @@ struct ProxyCommandOptions {
 // runProxyCommand serves until SIGINT or SIGTERM; returns the exit status.
 int runProxyCommand(const ProxyCommandOptions& options);
 
+// McpWrapOptions configures `guard mcp-wrap`: one stdio MCP server run
+// behind the policy's tool filter, outside a session.
+struct McpWrapOptions {
+  std::vector<std::string> policy_files;
+  std::string audit_file;
+  std::vector<std::string> command;  // the server
+};
+
+// runMcpWrap runs the server and filters its stdio until it exits; returns
+// its exit status, or 126 when the policy denies it (after answering the
+// client's requests with errors until it closes stdin).
+int runMcpWrap(const McpWrapOptions& options);
+
 // runSession runs OPTIONS.command under the policy and returns the exit
 // status to leave with: the command's own (128+N for signal N), or 1 when
 // guard refused or failed to set up (after printing why).

@@ -1544,9 +1544,11 @@ Error View::start() {
 
   for (const auto& [path, content] : opts_.overlays) {
     int mfd = memfd_create("guard-overlay", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    // An ELF overlay (the preload shim) is executable, as it is on the host.
+    mode_t mode = content.starts_with("\x7f" "ELF") ? 0555 : 0444;
     if (mfd < 0 || write(mfd, content.data(), content.size()) !=
                        static_cast<ssize_t>(content.size()) ||
-        fchmod(mfd, 0444) != 0 ||
+        fchmod(mfd, mode) != 0 ||
         fcntl(mfd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
       int e = errno;
       return Error(ErrorCode::kIo, "cannot prepare " + path + ": " + strerror(e), e);

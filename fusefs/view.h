@@ -34,8 +34,10 @@ struct ViewOptions {
   std::vector<std::string> mountpoints = {"/tmp"};
   // overlays are files the view serves, read-only, instead of the host's:
   // absolute path -> content. The session's CA is appended to the CA bundle
-  // this way, so the agent trusts it with no per-tool setup. The path must
-  // already exist on the host (the overlay replaces a file, it adds none).
+  // this way, so the agent trusts it with no per-tool setup; the preload
+  // shim and /etc/ld.so.preload are served this way too. An overlay whose
+  // path does not exist on the host can be opened by name but is not listed
+  // in its directory. ELF content is mode 0555, anything else 0444.
   std::vector<std::pair<std::string, std::string>> overlays;
   AllowedAudit allowed_audit = AllowedAudit::kWrites;
   // audit_base is copied into every event (session, user, groups, host).

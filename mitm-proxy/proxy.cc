@@ -40,6 +40,7 @@
 
 #include "mitm-proxy/dns.h"
 #include "mitm-proxy/http.h"
+#include "mitm-proxy/mcp.h"
 #include "mitm-proxy/sni.h"
 
 namespace guard::proxy {
@@ -398,6 +399,7 @@ class Proxy {
   int drop_events_ = 0;
   uint64_t drop_suppressed_ = 0;
   std::unordered_map<int, Fd*> listener_handlers_;
+  std::unique_ptr<McpSupervisor> mcp_;  // threads of its own; outlives nothing it serves
   std::vector<std::unique_ptr<Fd>> fd_graveyard_;
 
   // Idle upstream TLS connections of intercepted sessions, by "name:port",
@@ -535,6 +537,13 @@ Error Proxy::start(Listeners listeners, int stop_fd) {
   }
   for (int fd : listeners.dropped) {
     add(fd, [this, fd](uint32_t) { dropped(fd); });
+  }
+  if (!listeners.mcp.empty()) {
+    mcp_ = std::make_unique<McpSupervisor>(
+        McpContext{&p_, sink_, o_.audit_base, o_.mode});
+    for (int fd : listeners.mcp) {
+      mcp_->start(fd);
+    }
   }
   if (stop_fd >= 0) {
     stop_fd_ = stop_fd;
@@ -2174,6 +2183,7 @@ Error receiveListeners(int fd, Listeners* out) {
     std::vector<int>* list = kinds[i] == 'T'   ? &out->tcp
                              : kinds[i] == 'U' ? &out->dns_udp
                              : kinds[i] == 'D' ? &out->dns_tcp
+                             : kinds[i] == 'M' ? &out->mcp
                                                : &out->dropped;
     list->push_back(fds[i]);
   }

@@ -45,6 +45,7 @@ struct Listeners {
   std::vector<int> dns_udp;  // DNS over UDP
   std::vector<int> dns_tcp;  // DNS over TCP (RFC 7766)
   std::vector<int> dropped;  // NFLOG netlink sockets reporting dropped packets
+  std::vector<int> mcp;      // the MCP supervisor's sockets (policy/wire.h)
 };
 
 // serveProxy runs the proxy until STOP_FD reports EOF (or readable data);
@@ -60,7 +61,8 @@ struct ProxyProcess {
   // jail_fd is the socket (SOCK_SEQPACKET) the jail sends its listeners on:
   // one message whose payload has one byte per descriptor passed with
   // SCM_RIGHTS: 'T' a TCP listener, 'U' a DNS UDP socket, 'D' a DNS TCP
-  // listener, 'L' an NFLOG socket of dropped packets. The caller passes it
+  // listener, 'L' an NFLOG socket of dropped packets, 'M' the MCP
+  // supervisor's socket. The caller passes it
   // to the jail and closes its copy.
   int jail_fd = -1;
 };

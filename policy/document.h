@@ -46,6 +46,7 @@
 //         url: https://mcp.example.com/mcp      # instead of command
 //         allow: BOOL              # false blocks the server outright
 //         tools: {allow: ["read_*"], deny: [write_file]}
+//         arguments: hash | redact | full   # in tools/call audit events
 //         id, reason, locked, mode
 //
 // Example:
@@ -159,6 +160,9 @@ struct McpServer {
   std::string url;
   std::vector<std::string> tools_allow = {"*"};
   std::vector<std::string> tools_deny;
+  // arguments says how a tools/call's arguments appear in its audit event:
+  // "hash" (SHA-256 of their JSON text), "redact" (size only) or "full".
+  std::string arguments = "hash";
 };
 
 // Section is the part every surface shares: an optional default and its lock.

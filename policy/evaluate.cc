@@ -544,17 +544,80 @@ Verdict Policy::mcpTool(std::string_view server, std::string_view tool) const {
   return decisionVerdict(c.rules[r]);
 }
 
+Verdict Policy::mcpServer(std::string_view server) const {
+  const Compiled& c = *c_;
+  uint32_t r = layered(
+      c, c.mcp.size(),
+      [&](size_t i) {
+        auto it = c.mcp[i].by_name.find(server);
+        if (it == c.mcp[i].by_name.end()) {
+          return kNone;
+        }
+        return it->second.server->allow ? it->second.allow_rule : it->second.deny_rule;
+      },
+      [&](size_t i) { return c.mcp[i].default_rule; }, c.builtin_mcp,
+      [](const RuleInfo& x) { return strictDecision(x); });
+  return decisionVerdict(c.rules[r]);
+}
+
+namespace {
+
+std::string_view lastComponent(std::string_view s) {
+  size_t slash = s.rfind('/');
+  return slash == std::string_view::npos ? s : s.substr(slash + 1);
+}
+
+}  // namespace
+
 std::string_view Policy::mcpServerForCommand(std::span<const std::string> argv) const {
+  if (argv.empty()) {
+    return {};
+  }
+  std::vector<std::string> by_name(argv.begin(), argv.end());
+  by_name[0] = std::string(lastComponent(argv[0]));
   // The latest layer's entry for a name is the one that counts, so search
   // from the top layer down.
   for (size_t i = c_->layers.size(); i-- > 0;) {
     for (const McpServer& s : c_->layers[i]->mcp_servers) {
-      if (!s.command.empty() && argvMatch(s.command, argv)) {
+      if (s.command.empty()) {
+        continue;
+      }
+      bool named = s.command[0].find('/') == std::string::npos;
+      if (argvMatch(s.command, named ? std::span<const std::string>(by_name) : argv)) {
         return s.name;
       }
     }
   }
   return {};
+}
+
+std::vector<std::string> Policy::mcpCommandNames() const {
+  std::vector<std::string> names;
+  for (const auto& layer : c_->layers) {
+    for (const McpServer& s : layer->mcp_servers) {
+      if (s.command.empty()) {
+        continue;
+      }
+      std::string_view first = lastComponent(s.command[0]);
+      bool glob = first.empty() || first.find_first_of("*?[{\\") != std::string_view::npos;
+      std::string name = glob ? "*" : std::string(first);
+      if (std::find(names.begin(), names.end(), name) == names.end()) {
+        names.push_back(name);
+      }
+    }
+  }
+  return names;
+}
+
+const McpServer* Policy::mcpEntry(std::string_view server) const {
+  for (size_t i = c_->layers.size(); i-- > 0;) {
+    for (const McpServer& s : c_->layers[i]->mcp_servers) {
+      if (s.name == server) {
+        return &s;
+      }
+    }
+  }
+  return nullptr;
 }
 
 std::string_view Policy::mcpServerForUrl(std::string_view url) const {

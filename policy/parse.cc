@@ -1050,7 +1050,8 @@ class Parser {
     McpServer s;
     s.meta.loc = locOf(item);
     forEachKey(item, "mcp server",
-               {"name", "command", "url", "allow", "tools", "id", "locked", "mode", "reason"},
+               {"name", "command", "url", "allow", "tools", "arguments", "id", "locked", "mode",
+                "reason"},
                [&](const std::string& k, const YAML::Node&, const YAML::Node& v) {
                  if (meta(k, v, &s.meta)) {
                    return;
@@ -1068,6 +1069,11 @@ class Parser {
                    }
                  } else if (k == "allow") {
                    boolean(v, "allow", &s.allow);
+                 } else if (k == "arguments") {
+                   if (scalar(v, "arguments", &s.arguments) && s.arguments != "hash" &&
+                       s.arguments != "redact" && s.arguments != "full") {
+                     fail(v, "arguments must be hash, redact or full");
+                   }
                  } else if (k == "tools") {
                    forEachKey(v, "tools", {"allow", "deny"},
                               [&](const std::string& tk, const YAML::Node&, const YAML::Node& tv) {

@@ -87,6 +87,7 @@ Result<Context> contextFromEnvironment();
 
 struct Layer;       // a parsed document; see document.h
 struct Credential;  // a credential definition; see document.h
+struct McpServer;   // an MCP server entry; see document.h
 class Compiled;
 
 // Policy is the immutable, compiled, merged result of all layers. It is cheap
@@ -162,9 +163,26 @@ class Policy {
   // mcpTool decides whether tool TOOL of MCP server SERVER may be listed/run.
   Verdict mcpTool(std::string_view server, std::string_view tool) const;
 
+  // mcpServer decides whether server SERVER may start at all: its entry's
+  // allow, or the MCP default for a name no entry defines (an unknown server).
+  Verdict mcpServer(std::string_view server) const;
+
   // mcpServerForCommand returns the name of the first server entry whose
-  // command pattern matches ARGV, or empty when none does.
+  // command pattern matches ARGV, or empty when none does. A pattern whose
+  // first element has no '/' compares it with the last path component of
+  // argv[0], so [npx, ...] matches "/usr/bin/npx ..." too.
   std::string_view mcpServerForCommand(std::span<const std::string> argv) const;
+
+  // mcpCommandNames returns the program names a stdio server pattern can
+  // start with (the last path component of each pattern's first element),
+  // "*" when one of them is a glob that could match any program. A program
+  // whose name is not in the list matches no entry, so the preload shim
+  // asks about it no further.
+  std::vector<std::string> mcpCommandNames() const;
+
+  // mcpEntry returns the entry that defines server SERVER (the latest
+  // layer's), or null. It lives as long as the Policy.
+  const McpServer* mcpEntry(std::string_view server) const;
 
   // mcpServerForUrl returns the name of the server entry with URL, or empty.
   std::string_view mcpServerForUrl(std::string_view url) const;

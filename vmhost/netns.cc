@@ -11,11 +11,15 @@
 #include <netinet/in.h>
 #include <nftables/libnftables.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <vector>
+
+#include "policy/wire.h"
 
 namespace guard::vmhost {
 namespace {
@@ -240,6 +244,29 @@ bool setupNetwork(int net_fd, uint16_t proxy_port, std::string* what) {
     fds.push_back(s);
     kinds += w.kind;
   }
+  // The MCP supervisor's socket (policy/wire.h): abstract names belong to
+  // the network namespace, so only the session's processes can reach it,
+  // and it is bound before the agent could take the name.
+  int mcp = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  memcpy(sun.sun_path + 1, GUARD_WIRE_NAME, sizeof(GUARD_WIRE_NAME) - 1);
+  socklen_t sun_len = offsetof(sockaddr_un, sun_path) + 1 + sizeof(GUARD_WIRE_NAME) - 1;
+  if (mcp < 0 || bind(mcp, reinterpret_cast<sockaddr*>(&sun), sun_len) != 0 ||
+      listen(mcp, 128) != 0) {
+    *what = "listen on the MCP supervisor's socket";
+    int e = errno;
+    for (int fd : fds) {
+      close(fd);
+    }
+    if (mcp >= 0) {
+      close(mcp);
+    }
+    errno = e;
+    return false;
+  }
+  fds.push_back(mcp);
+  kinds += 'M';
   // Dropped packets are audited when the kernel offers NFLOG here; the
   // drop itself never depends on it.
   if (int log = nflogSocket(); log >= 0) {

@@ -14,7 +14,8 @@ namespace guard::vmhost {
 // for loopback dropped), creates the listening sockets and sends them to the
 // proxy over NET_FD (one SOCK_SEQPACKET message: one kind byte per
 // descriptor, 'T' TCP listener, 'U' DNS over UDP, 'D' DNS over TCP, 'L' a
-// netlink socket receiving the dropped packets from NFLOG group 7).
+// netlink socket receiving the dropped packets from NFLOG group 7, 'M' the
+// MCP supervisor's SOCK_SEQPACKET socket, policy/wire.h).
 // Returns false with *WHAT naming the failed step and errno set.
 bool setupNetwork(int net_fd, uint16_t proxy_port, std::string* what);
 

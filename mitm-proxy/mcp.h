@@ -1,0 +1,111 @@
+// MCP governance: the JSON-RPC filter between an MCP client and server, the
+// stdio relay that runs it over descriptors, and the supervisor that answers
+// the preload shim (policy/wire.h) from outside the agent's sandbox.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "policy/audit.h"
+#include "policy/policy.h"
+
+namespace guard::proxy {
+
+// kMcpMaxMessage bounds one JSON-RPC message (one line on stdio, one HTTP
+// body); a larger client message is refused with an error, a larger server
+// message ends the session (the filter could not see what it lists).
+constexpr size_t kMcpMaxMessage = 8u << 20;
+
+// kMcpDenied is the JSON-RPC error code of every refusal guard makes (the
+// range -32000..-32099 is the implementation's, JSON-RPC 2.0 section 5.1).
+constexpr int kMcpDenied = -32001;
+
+// McpContext is what every filter of a session shares.
+struct McpContext {
+  const policy::Policy* policy = nullptr;
+  policy::AuditSink* sink = nullptr;
+  policy::AuditEvent base;  // session, user, groups, host
+  std::string mode = "host";
+};
+
+// McpFilter governs one conversation between an MCP client and one server,
+// message by message, in both directions (JSON-RPC 2.0, MCP 2025-06-18):
+//  - tools/call of a tool the policy denies is answered with an error and
+//    not forwarded; every tools/call is one audit event;
+//  - tools/list results lose the denied tools (nextCursor is kept), also
+//    after notifications/tools/list_changed, since every list is filtered;
+//  - a batch with a denied call is refused whole;
+//  - a client message that is not JSON is answered with a parse error;
+//  - everything else passes byte for byte.
+// A denied server (DENY non-empty) forwards nothing and answers every
+// request, initialize included, with DENY.
+class McpFilter {
+ public:
+  // SERVER is the policy's name for the server; TRANSPORT ("stdio",
+  // "http") goes into the audit events.
+  McpFilter(const McpContext* ctx, std::string server, std::string transport,
+            std::string deny = {});
+
+  // fromClient takes one message the client sent (without its newline) and
+  // appends what goes on to the server and what goes back to the client,
+  // each message ending in a newline.
+  void fromClient(std::string_view msg, std::string* out_server, std::string* out_client);
+
+  // fromServer takes one message the server sent and appends what the
+  // client gets.
+  void fromServer(std::string_view msg, std::string* out_client);
+
+  const std::string& server() const { return server_; }
+  bool denied() const { return !deny_.empty(); }
+
+ private:
+  const McpContext* ctx_;
+  std::string server_;
+  std::string transport_;
+  std::string deny_;
+  std::set<std::string> pending_lists_;  // ids (JSON text) of tools/list requests
+};
+
+// relayStdio runs FILTER between a client and a server over descriptors
+// until the server's output ends (or, for a denied server, the client's):
+// CLIENT_IN is what the client writes (the server's stdin), CLIENT_OUT what
+// it reads; SERVER is a socket connected to the server's stdin and stdout,
+// or -1 for a denied server. Owns and closes every descriptor it is given.
+// Non-JSON bytes and lines the filter passes are copied unchanged.
+void relayStdio(McpFilter* filter, int client_in, int client_out, int server);
+
+// McpSupervisor answers the preload shim on a listening SOCK_SEQPACKET
+// socket (policy/wire.h): which programs may be MCP servers, whether one
+// may start, and whether a process reading JSON-RPC on its stdin is an MCP
+// server nobody approved. Approved servers are wrapped: their stdio becomes
+// a socket whose other end a relay thread filters. Runs on its own thread.
+class McpSupervisor {
+ public:
+  explicit McpSupervisor(McpContext ctx);
+  ~McpSupervisor();
+
+  // start serves LISTENER (owned) on a new thread.
+  void start(int listener);
+
+  // serveOne answers one connection (owned); blocking, short.
+  void serveOne(int conn);
+
+ private:
+  void exec(int conn, std::string_view payload, const std::vector<int>& fds);
+  void sniffed(int conn, std::string_view payload, const std::vector<int>& fds);
+  void deny(int conn, const std::string& server, const std::string& message, int client_in,
+            int client_out, std::string_view already_read);
+  void audit(const char* action, const std::string& target, const policy::Verdict& v,
+             nlohmann::json details);
+
+  McpContext ctx_;
+  std::mutex mu_;                   // guards wrapped_; leaf lock
+  std::set<uint64_t> wrapped_;      // inode numbers of wrap sockets' server ends
+};
+
+}  // namespace guard::proxy

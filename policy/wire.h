@@ -1,0 +1,70 @@
+/* The shim wire format: how libguard-interpose.so, inside the agent's
+   sandbox, asks the session's MCP supervisor about programs it starts and
+   about MCP traffic it sees. C-compatible and header-only: the shim (C, no
+   C++ runtime) and the supervisor (C++, mitm-proxy/) both include it.
+
+   Transport: a SOCK_SEQPACKET Unix socket bound to the abstract name
+   GUARD_WIRE_NAME inside the agent's network namespace (abstract names are
+   per network namespace, so no host process can reach it and no agent
+   process can bind it first: it is bound before the agent starts). One
+   connection per exchange: the shim connects, sends one request message,
+   reads one reply message. Strings are NUL-terminated and concatenated.
+
+   Requests (first byte):
+     'C'  candidates. Reply 'C' then program names, each NUL-terminated:
+          the last path component of the first element of every stdio
+          server pattern in the policy. A name "*" means every program is a
+          candidate. The shim caches the list for the life of the process
+          image (fork inherits it) and asks about an exec only when the
+          basename of the file or of argv[0] is in it.
+     'E'  exec. Payload: file NUL, then argv[0] NUL argv[1] NUL ...; carries
+          the caller's descriptors 0 and 1 with SCM_RIGHTS (in that order).
+          Reply:
+            'P'  start the program as asked.
+            'W'  wrap: carries one socket with SCM_RIGHTS; the shim makes it
+                 the program's stdin and stdout (dup2 onto 0 and 1) and
+                 starts the program. The supervisor filters between the
+                 caller's descriptors and that socket.
+            'D'  deny; payload is a one-line message. The shim writes
+                 "guard: <message>\n" to descriptor 2 and does not start the
+                 program; the supervisor answers every request on the
+                 caller's descriptors with a JSON-RPC error until the client
+                 closes them, then closes this connection. So that a client
+                 waiting for its spawn to succeed (libuv, Python) goes on to
+                 send `initialize` and gets the error, the shim makes this
+                 connection descriptor 0 and /dev/null descriptor 1 and
+                 executes libguard-interpose.so itself: its entry point
+                 waits for the connection to close and exits with status
+                 GUARD_WIRE_DENIED_STATUS.
+     'S'  sniffed. Sent once the shim, watching the reads of descriptor 0 of
+          a process whose stdin is a pipe or socket, sees the text
+          "jsonrpc". Payload: argv[0] NUL ... argv[n] NUL NUL, then the
+          bytes read so far (the current read, up to GUARD_WIRE_MAX_SNIFF,
+          preceded by the carry of the previous read); carries descriptors
+          0 and 1 with SCM_RIGHTS. Reply:
+            'P'  not an MCP server that needs a decision (the stream is not
+                 MCP, or stdin already is a supervisor's wrap socket): stop
+                 watching for the life of the process.
+            'A'  undecided (no complete message yet): keep watching.
+            'D'  an MCP server no approved entry covers: the supervisor now
+                 answers the client; the shim writes the message, waits in
+                 the read for the connection to close and exits with
+                 GUARD_WIRE_DENIED_STATUS.
+   A reply that is missing, truncated or unknown is treated as 'D' with
+   the message "the MCP supervisor did not answer". When the name cannot be
+   connected to (ECONNREFUSED, ENOENT), the process is not in a guard
+   session and the shim does nothing. */
+#ifndef GUARD_POLICY_WIRE_H
+#define GUARD_POLICY_WIRE_H
+
+/* The abstract socket name, without its leading NUL byte. */
+#define GUARD_WIRE_NAME "guard-mcp-supervisor"
+/* Largest request or reply, in bytes; an exec whose file and argv do not
+   fit is refused (E2BIG) rather than started unchecked. */
+#define GUARD_WIRE_MAX_MSG 65536
+/* Most bytes of sniffed stdin a 'S' request carries. */
+#define GUARD_WIRE_MAX_SNIFF 49152
+/* Exit status of a process the supervisor denied. */
+#define GUARD_WIRE_DENIED_STATUS 126
+
+#endif /* GUARD_POLICY_WIRE_H */
