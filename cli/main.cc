@@ -371,10 +371,21 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile)
       ->allow_extra_args(false);
   mcw->add_option("--audit", mw.audit_file, "audit log (JSON Lines)");
-  mcw->add_option("command", mw.command, "the server's command line (after --)")->required();
+  mcw->add_option("command", mw.command, "the server's command line (after --)");
 
+  // Everything after the first "--" is the command, verbatim: CLI11 would
+  // read an argument such as '[1,2]' as a list and change it.
+  int own = argc;
+  std::vector<std::string> tail;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--") == 0) {
+      own = i;
+      tail.assign(argv + i + 1, argv + argc);
+      break;
+    }
+  }
   try {
-    app.parse(argc, argv);
+    app.parse(own, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
     return rc == 0 ? kExitOk : kExitUsage;
@@ -389,6 +400,11 @@ int main(int argc, char** argv) {
     return guard::cli::runProxyCommand(px);
   }
   if (*mcw) {
+    mw.command.insert(mw.command.end(), tail.begin(), tail.end());
+    if (mw.command.empty()) {
+      return fail("mcp-wrap: nothing to run\n  usage: guard mcp-wrap [--policy FILE]... -- CMD [ARGS...]",
+                  kExitUsage);
+    }
     return guard::cli::runMcpWrap(mw);
   }
   if (*tru) {
@@ -421,6 +437,7 @@ int main(int argc, char** argv) {
   if (*rep) {
     return replay(policy_files, capture_file);
   }
+  cmd.insert(cmd.end(), tail.begin(), tail.end());
   if (cmd.empty()) {
     std::fputs(app.help().c_str(), stderr);
     return kExitUsage;

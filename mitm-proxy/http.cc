@@ -284,7 +284,7 @@ bool responseFraming(const HttpHead& head, std::string_view request_method, Fram
   return true;
 }
 
-long ChunkedReader::consume(std::string_view in) {
+long ChunkedReader::consume(std::string_view in, std::string* data) {
   size_t i = 0;
   while (i < in.size() && state_ != State::kDone) {
     char c = in[i];
@@ -326,6 +326,9 @@ long ChunkedReader::consume(std::string_view in) {
         break;
       case State::kData: {
         uint64_t take = std::min<uint64_t>(left_, in.size() - i);
+        if (data != nullptr) {
+          data->append(in.substr(i, take));
+        }
         left_ -= take;
         i += take;
         if (left_ == 0) {
@@ -382,6 +385,52 @@ long ChunkedReader::consume(std::string_view in) {
     }
   }
   return static_cast<long>(i);
+}
+
+BodyRead readWholeBody(std::string_view in, const Framing& f, bool eof, size_t limit,
+                       size_t* consumed, std::string* body) {
+  body->clear();
+  switch (f.kind) {
+    case Framing::Kind::kNone:
+      *consumed = 0;
+      return BodyRead::kOk;
+    case Framing::Kind::kLength:
+      if (f.length > limit) {
+        return BodyRead::kTooLarge;
+      }
+      if (in.size() < f.length) {
+        return BodyRead::kNeedMore;
+      }
+      body->assign(in.substr(0, f.length));
+      *consumed = f.length;
+      return BodyRead::kOk;
+    case Framing::Kind::kChunked: {
+      ChunkedReader r;
+      long n = r.consume(in, body);
+      if (n < 0) {
+        return BodyRead::kBad;
+      }
+      if (body->size() > limit) {
+        return BodyRead::kTooLarge;
+      }
+      if (!r.done()) {
+        return BodyRead::kNeedMore;
+      }
+      *consumed = static_cast<size_t>(n);
+      return BodyRead::kOk;
+    }
+    case Framing::Kind::kUntilClose:
+      if (in.size() > limit) {
+        return BodyRead::kTooLarge;
+      }
+      if (!eof) {
+        return BodyRead::kNeedMore;
+      }
+      body->assign(in);
+      *consumed = in.size();
+      return BodyRead::kOk;
+  }
+  return BodyRead::kBad;
 }
 
 }  // namespace guard::proxy

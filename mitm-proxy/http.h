@@ -62,8 +62,9 @@ bool responseFraming(const HttpHead& head, std::string_view request_method, Fram
 class ChunkedReader {
  public:
   // consume reads up to IN.size() bytes of the body; returns how many belong
-  // to it (fewer when it ended) or -1 when the framing is malformed.
-  long consume(std::string_view in);
+  // to it (fewer when it ended) or -1 when the framing is malformed. DATA,
+  // when given, receives the chunks' payload.
+  long consume(std::string_view in, std::string* data = nullptr);
   bool done() const { return state_ == State::kDone; }
 
  private:
@@ -73,5 +74,18 @@ class ChunkedReader {
   uint64_t left_ = 0;
   int digits_ = 0;
 };
+
+enum class BodyRead {
+  kOk,        // *consumed bytes of IN held the whole body; *body is its payload
+  kNeedMore,  // the body has not all arrived
+  kTooLarge,  // the payload exceeds LIMIT
+  kBad,       // malformed chunked framing
+};
+
+// readWholeBody collects a whole message body framed by F from IN (the
+// bytes after the head); EOF says no more bytes will come (which ends a
+// body framed until close).
+BodyRead readWholeBody(std::string_view in, const Framing& f, bool eof, size_t limit,
+                       size_t* consumed, std::string* body);
 
 }  // namespace guard::proxy

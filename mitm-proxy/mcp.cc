@@ -55,8 +55,10 @@ std::string methodOf(const json& m) {
   return it != m.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
-void emitEvent(const McpContext& ctx, const char* action, const std::string& target,
-               const Verdict& v, const std::string& reason, json details) {
+}  // namespace
+
+void auditMcp(const McpContext& ctx, const char* action, const std::string& target,
+              const Verdict& v, const std::string& reason, json details) {
   policy::AuditEvent e = ctx.base;
   e.ts = std::chrono::system_clock::now();
   e.mono_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -73,6 +75,13 @@ void emitEvent(const McpContext& ctx, const char* action, const std::string& tar
   details["mode"] = ctx.mode;
   e.details = std::move(details);
   ctx.sink->emit(std::move(e));
+}
+
+namespace {
+
+void emitEvent(const McpContext& ctx, const char* action, const std::string& target,
+               const Verdict& v, const std::string& reason, json details) {
+  auditMcp(ctx, action, target, v, reason, std::move(details));
 }
 
 // isMcpMethod tells MCP traffic from other JSON-RPC on stdio (language
@@ -94,6 +103,21 @@ bool isMcpMessage(const json& m) {
 }
 
 }  // namespace
+
+bool isMcpTraffic(std::string_view body) {
+  json m = json::parse(body, nullptr, false);
+  if (m.is_object()) {
+    return isMcpMessage(m);
+  }
+  if (m.is_array()) {
+    for (const json& x : m) {
+      if (isMcpMessage(x)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
 
 // ---- McpFilter ----
 
@@ -196,17 +220,15 @@ void McpFilter::fromClient(std::string_view msg, std::string* out_server,
     }
     return;
   }
-  for (const json* x : items) {
-    if (methodOf(*x) == "tools/list" && x->contains("id")) {
-      pending_lists_.insert((*x)["id"].dump());
-    }
-  }
   out_server->append(msg);
   *out_server += '\n';
 }
 
 void McpFilter::fromServer(std::string_view msg, std::string* out_client) {
-  if (pending_lists_.empty()) {
+  // Only a tools/list result has a "tools" array in its result, whatever
+  // request it answers (on HTTP it may arrive on another connection than
+  // its request), so that is what is filtered; other messages pass unparsed.
+  if (msg.find("\"tools\"") == std::string_view::npos) {
     out_client->append(msg);
     *out_client += '\n';
     return;
@@ -217,11 +239,6 @@ void McpFilter::fromServer(std::string_view msg, std::string* out_client) {
     if (!x.is_object() || !x.contains("id") || x.contains("method")) {
       return;
     }
-    auto it = pending_lists_.find(x["id"].dump());
-    if (it == pending_lists_.end()) {
-      return;
-    }
-    pending_lists_.erase(it);
     auto r = x.find("result");
     if (r == x.end() || !r->is_object() || !r->contains("tools") || !(*r)["tools"].is_array()) {
       return;
@@ -260,6 +277,91 @@ void McpFilter::fromServer(std::string_view msg, std::string* out_client) {
     out_client->append(msg);
     *out_client += '\n';
   }
+}
+
+// ---- server-sent events ----
+
+size_t sseEventEnd(std::string_view buf) {
+  // Lines end in CRLF, LF or CR; an empty line ends the event.
+  for (size_t i = 0; i < buf.size(); ++i) {
+    if (buf[i] != '\n' && buf[i] != '\r') {
+      continue;
+    }
+    size_t next = i + (buf[i] == '\r' && i + 1 < buf.size() && buf[i + 1] == '\n' ? 2 : 1);
+    if (buf[i] == '\r' && i + 1 == buf.size()) {
+      return std::string_view::npos;  // a CR whose LF may still come
+    }
+    if (next < buf.size() && (buf[next] == '\n' || buf[next] == '\r')) {
+      size_t end = next + (buf[next] == '\r' && next + 1 < buf.size() && buf[next + 1] == '\n' ? 2 : 1);
+      if (buf[next] == '\r' && next + 1 == buf.size()) {
+        return std::string_view::npos;
+      }
+      return end;
+    }
+  }
+  return std::string_view::npos;
+}
+
+std::string filterSseEvent(McpFilter* filter, std::string_view event) {
+  std::string data;
+  std::vector<std::string_view> others;
+  bool any = false;
+  std::string_view rest = event;
+  while (!rest.empty()) {
+    size_t eol = rest.find_first_of("\r\n");
+    std::string_view line = rest.substr(0, eol);
+    rest = eol == std::string_view::npos ? std::string_view() : rest.substr(eol + 1);
+    if (!rest.empty() && eol != std::string_view::npos && event[event.size() - rest.size() - 1] == '\r' &&
+        rest.front() == '\n') {
+      rest.remove_prefix(1);
+    }
+    if (line.rfind("data", 0) == 0 && (line.size() == 4 || line[4] == ':')) {
+      std::string_view v = line.size() > 4 ? line.substr(5) : std::string_view();
+      if (!v.empty() && v.front() == ' ') {
+        v.remove_prefix(1);
+      }
+      data += any ? "\n" : "";
+      data += v;
+      any = true;
+    } else if (!line.empty()) {
+      others.push_back(line);
+    }
+  }
+  if (!any || data.find("\"tools\"") == std::string::npos) {
+    return std::string(event);
+  }
+  std::string out;
+  filter->fromServer(data, &out);
+  if (!out.empty() && out.back() == '\n') {
+    out.pop_back();
+  }
+  if (out == data) {
+    return std::string(event);
+  }
+  std::string rebuilt;
+  for (std::string_view o : others) {
+    rebuilt.append(o);
+    rebuilt += '\n';
+  }
+  rebuilt += "data: " + out + "\n\n";
+  return rebuilt;
+}
+
+std::string sseEndpoint(std::string_view event) {
+  bool endpoint = false;
+  std::string data;
+  size_t at = 0;
+  while (at < event.size()) {
+    size_t eol = event.find_first_of("\r\n", at);
+    std::string_view line = event.substr(at, eol == std::string_view::npos ? eol : eol - at);
+    at = eol == std::string_view::npos ? event.size() : eol + 1;
+    if (line == "event: endpoint" || line == "event:endpoint") {
+      endpoint = true;
+    } else if (line.rfind("data:", 0) == 0) {
+      data = std::string(line.substr(line.size() > 5 && line[5] == ' ' ? 6 : 5));
+    }
+  }
+  return endpoint ? data : std::string();
 }
 
 // ---- relayStdio ----

@@ -25,6 +25,11 @@ constexpr size_t kMcpMaxMessage = 8u << 20;
 // range -32000..-32099 is the implementation's, JSON-RPC 2.0 section 5.1).
 constexpr int kMcpDenied = -32001;
 
+// isMcpTraffic reports whether BODY holds a JSON-RPC message (or batch) of
+// MCP: one of MCP's own methods, or an initialize carrying MCP's
+// protocolVersion (language servers speak JSON-RPC too, and are not MCP).
+bool isMcpTraffic(std::string_view body);
+
 // McpContext is what every filter of a session shares.
 struct McpContext {
   const policy::Policy* policy = nullptr;
@@ -37,8 +42,9 @@ struct McpContext {
 // message by message, in both directions (JSON-RPC 2.0, MCP 2025-06-18):
 //  - tools/call of a tool the policy denies is answered with an error and
 //    not forwarded; every tools/call is one audit event;
-//  - tools/list results lose the denied tools (nextCursor is kept), also
-//    after notifications/tools/list_changed, since every list is filtered;
+//  - tools/list results (any response whose result holds a "tools" array)
+//    lose the denied tools; nextCursor is kept, and since every list is
+//    filtered the filter holds after notifications/tools/list_changed;
 //  - a batch with a denied call is refused whole;
 //  - a client message that is not JSON is answered with a parse error;
 //  - everything else passes byte for byte.
@@ -57,7 +63,8 @@ class McpFilter {
   void fromClient(std::string_view msg, std::string* out_server, std::string* out_client);
 
   // fromServer takes one message the server sent and appends what the
-  // client gets.
+  // client gets. The filter keeps no state between messages, so one
+  // conversation may use several filters (HTTP requests).
   void fromServer(std::string_view msg, std::string* out_client);
 
   const std::string& server() const { return server_; }
@@ -68,8 +75,25 @@ class McpFilter {
   std::string server_;
   std::string transport_;
   std::string deny_;
-  std::set<std::string> pending_lists_;  // ids (JSON text) of tools/list requests
 };
+
+// auditMcp emits one MCP event (surface "mcp") through CTX's sink.
+void auditMcp(const McpContext& ctx, const char* action, const std::string& target,
+              const policy::Verdict& v, const std::string& reason, nlohmann::json details);
+
+// sseEventEnd returns the length of the first complete server-sent event
+// in BUF, its blank-line terminator included, or npos (WHATWG HTML 9.2.6).
+size_t sseEventEnd(std::string_view buf);
+
+// filterSseEvent passes one event through FILTER's server side: its data
+// lines joined are one JSON-RPC message. An event the filter leaves alone
+// comes back byte for byte.
+std::string filterSseEvent(McpFilter* filter, std::string_view event);
+
+// sseEndpoint returns the data of an "endpoint" event (the older HTTP+SSE
+// transport announces where the client must POST its messages with it),
+// or empty for any other event.
+std::string sseEndpoint(std::string_view event);
 
 // relayStdio runs FILTER between a client and a server over descriptors
 // until the server's output ends (or, for a denied server, the client's):

@@ -158,6 +158,8 @@ const char* reasonPhrase(int status) {
       return " Bad Request";
     case 403:
       return " Forbidden";
+    case 413:
+      return " Content Too Large";
     default:
       return " Bad Gateway";
   }
@@ -192,6 +194,7 @@ struct Side : Handler {
   std::string in;        // plaintext received, not yet consumed
   std::string out;       // bytes for the socket (ciphertext when ssl)
   size_t out_off = 0;
+  size_t cap = kCap;     // reads pause while this much plaintext waits (raised for MCP bodies)
 
   void onEvent(uint32_t events) override;
   size_t pending() const { return out.size() - out_off; }
@@ -303,6 +306,14 @@ struct Conn {
   Body req_body;
   Body resp_body;
   std::deque<std::string> methods;
+  // MCP over HTTP: for each request awaiting its response, the policy's
+  // server governing it ("" for none); the server whose event stream is
+  // being filtered, with the events not yet complete.
+  std::deque<std::string> mcp;
+  std::string sse_server;
+  bool sse_chunked = false;  // the filtered stream goes out chunked
+  Framing sse_framing;       // how the server frames the stream
+  std::string sse_buf;
   std::string scan_tail;  // the end of the request body already sent, for scanning across reads
   uint64_t requests = 0;
   uint64_t bytes_up = 0;
@@ -322,7 +333,8 @@ struct Resolution {
 class Proxy {
  public:
   Proxy(const policy::Policy& p, policy::AuditSink* sink, const ProxyOptions& o)
-      : p_(p), sink_(sink), o_(o), scanner_(o.secrets) {}
+      : p_(p), sink_(sink), o_(o), scanner_(o.secrets),
+        mcp_ctx_{&p, sink, o.audit_base, o.mode} {}
   ~Proxy();
 
   Error start(Listeners listeners, int stop_fd);
@@ -351,6 +363,12 @@ class Proxy {
   bool requestFilter(Conn* c);
   bool responseFilter(Conn* c);
   bool moveBody(Conn* c, Body* b, Side* from, Side* to, bool request);
+  enum class McpStep { kPass, kWait, kDone };
+  McpStep mcpRequest(Conn* c, HttpHead* head, size_t head_len, Framing* framing,
+                     std::string* server);
+  McpStep mcpResponse(Conn* c, HttpHead* head, size_t head_len);
+  bool moveEvents(Conn* c, Body* b, Side* from, Side* to);
+  void answerMcp(Conn* c, size_t consume, int status, const std::string& json_body);
   bool sendTo(Conn* c, Side* s, std::string_view data);
   bool startTls(Conn* c, Side* s, SSL* ssl);
   void refuse(Conn* c, int status, const std::string& why);
@@ -400,6 +418,15 @@ class Proxy {
   uint64_t drop_suppressed_ = 0;
   std::unordered_map<int, Fd*> listener_handlers_;
   std::unique_ptr<McpSupervisor> mcp_;  // threads of its own; outlives nothing it serves
+  McpContext mcp_ctx_;
+  // Message endpoints that governed servers of the older HTTP+SSE transport
+  // announced ("scheme://host[:port]/path?query"): the server, and the
+  // connection of the event stream on which its answers travel.
+  struct McpEndpoint {
+    std::string server;
+    uint64_t stream = 0;
+  };
+  std::unordered_map<std::string, McpEndpoint> mcp_endpoints_;
   std::vector<std::unique_ptr<Fd>> fd_graveyard_;
 
   // Idle upstream TLS connections of intercepted sessions, by "name:port",
@@ -1483,7 +1510,7 @@ bool Proxy::io(Conn* c, Side* s) {
     s->out_off = 0;
   }
   while (s->readable && !s->raw_eof &&
-         (s->ssl ? s->raw_in.size() - s->raw_off : s->in.size()) < kCap) {
+         (s->ssl ? s->raw_in.size() - s->raw_off : s->in.size()) < s->cap) {
     ssize_t n = read(s->fd, buf, sizeof(buf));
     if (n > 0) {
       progress = true;
@@ -1532,7 +1559,7 @@ bool Proxy::io(Conn* c, Side* s) {
         }
       }
     }
-    while (SSL_is_init_finished(s->ssl) && !s->eof && s->in.size() < kCap) {
+    while (SSL_is_init_finished(s->ssl) && !s->eof && s->in.size() < s->cap) {
       int n = SSL_read(s->ssl, buf, sizeof(buf));
       if (n > 0) {
         s->in.append(buf, static_cast<size_t>(n));
@@ -1952,6 +1979,17 @@ bool Proxy::requestFilter(Conn* c) {
     if (!injected.empty()) {
       details["credentials"] = injected;
     }
+    std::string mcp_server;
+    switch (mcpRequest(c, &head, len, &framing, &mcp_server)) {
+      case McpStep::kWait:
+        return progress;
+      case McpStep::kDone:
+        progress = true;
+        continue;
+      case McpStep::kPass:
+        break;
+    }
+    c->mcp.push_back(mcp_server);
     ++c->requests;
     audit("http", url, "allow", nullptr, "", details);
     record({{"event", "http"}, {"conn", c->id}, {"url", url}, {"method", head.method},
@@ -1973,6 +2011,9 @@ bool Proxy::requestFilter(Conn* c) {
 // request for secrets or redacting real values from a response. Returns
 // whether anything moved; sets the message state when the body ends.
 bool Proxy::moveBody(Conn* c, Body* b, Side* from, Side* to, bool request) {
+  if (!request && !c->sse_server.empty()) {
+    return moveEvents(c, b, from, to);
+  }
   bool progress = false;
   if (!b->ended && b->counted < from->in.size()) {
     std::string_view fresh = std::string_view(from->in).substr(b->counted);
@@ -2111,6 +2152,16 @@ bool Proxy::responseFilter(Conn* c) {
       audit("redact", c->peer, "allow", nullptr, "a response header carried a credential's real value; the agent got the placeholder",
             {{"conn", c->id}});
     }
+    if (head.status >= 200 && !c->mcp.empty() && !c->mcp.front().empty()) {
+      McpStep s = mcpResponse(c, &head, len);
+      if (s == McpStep::kWait) {
+        return progress;
+      }
+      if (s == McpStep::kDone) {
+        progress = true;
+        continue;
+      }
+    }
     up->in.erase(0, len);
     if (!sendTo(c, down, head.serialize())) {
       return true;
@@ -2125,14 +2176,284 @@ bool Proxy::responseFilter(Conn* c) {
     }
     std::string method = c->methods.front();
     c->methods.pop_front();
+    if (!c->mcp.empty()) {
+      c->mcp.pop_front();
+    }
     Framing framing;
     if (!responseFraming(head, method, &framing)) {
       auditConn(c, "deny", nullptr, "ambiguous response framing");
       refuse(c, 502, "guard: ambiguous response framing");
       return true;
     }
-    c->resp_body.start(framing);
+    c->resp_body.start(c->sse_server.empty() ? framing : c->sse_framing);
     c->resp = c->resp_body.ended ? Msg::kHead : Msg::kBody;
+  }
+  return progress;
+}
+
+// ---- MCP over HTTP ----
+//
+// Requests to a URL a policy server entry names are governed by that
+// entry: the whole JSON-RPC body is read (up to kMcpMaxMessage) and goes
+// through the same filter as stdio; a refused call is answered here and
+// never forwarded. Responses to them are filtered too: a JSON body whole,
+// an event stream event by event, re-framed as chunked. A request to any
+// other URL that speaks MCP (its headers, or a JSON body with MCP methods)
+// is an MCP server nobody approved: refused, unless the policy's MCP
+// default allows unknown servers.
+
+Proxy::McpStep Proxy::mcpRequest(Conn* c, HttpHead* head, size_t head_len, Framing* framing,
+                                 std::string* server) {
+  Side* down = &c->down;
+  uint16_t default_port = c->intercept ? 443 : 80;
+  std::string mcp_url = std::string(c->intercept ? "https://" : "http://") + c->name +
+                        (c->port != default_port ? ":" + std::to_string(c->port) : "") +
+                        head->target.substr(0, head->target.find('?'));
+  *server = std::string(p_.mcpServerForUrl(mcp_url));
+  std::string origin = mcp_url.substr(0, mcp_url.size() - head->target.substr(0, head->target.find('?')).size());
+  auto learned = mcp_endpoints_.find(origin + head->target);
+  if (server->empty() && learned != mcp_endpoints_.end()) {
+    *server = learned->second.server;
+  }
+  bool mcp_headers =
+      head->find("mcp-protocol-version") != nullptr || head->find("mcp-session-id") != nullptr;
+  const std::string* ct = head->find("content-type");
+  bool json_post = head->method == "POST" && ct != nullptr &&
+                   strncasecmp(ct->c_str(), "application/json", 16) == 0;
+  if (server->empty() && !mcp_headers && !json_post) {
+    return McpStep::kPass;
+  }
+  if (!c->methods.empty()) {
+    return McpStep::kWait;  // an answer of ours must not overtake the responses still due
+  }
+  std::string body;
+  size_t consumed = 0;
+  BodyRead r = readWholeBody(std::string_view(down->in).substr(head_len), *framing, down->eof,
+                             kMcpMaxMessage, &consumed, &body);
+  if (r == BodyRead::kNeedMore && !down->eof) {
+    down->cap = head_len + kMcpMaxMessage + kChunk;
+    return McpStep::kWait;
+  }
+  down->cap = kCap;
+  if (r == BodyRead::kTooLarge && server->empty() && !mcp_headers) {
+    return McpStep::kPass;  // an ordinary upload: streamed on, its secrets still scanned
+  }
+  if (r != BodyRead::kOk) {
+    std::string why = r == BodyRead::kTooLarge ? "an MCP request over the size limit"
+                                               : "a malformed MCP request body";
+    auditConn(c, "deny", nullptr, why);
+    refuse(c, 400, "guard: " + why);
+    return McpStep::kDone;
+  }
+  if (server->empty() && !mcp_headers && !isMcpTraffic(body)) {
+    return McpStep::kPass;  // JSON, but not MCP
+  }
+  Verdict v = p_.mcpServer(*server);
+  if (server->empty() && v.allowed()) {
+    return McpStep::kPass;  // the default admits unknown servers; no entry to filter by
+  }
+  McpFilter filter(&mcp_ctx_, *server, "http");
+  std::string to_server;
+  std::string to_client;
+  if (!v.allowed()) {
+    std::string message =
+        server->empty()
+            ? "guard: " + mcp_url + " is an MCP server no policy entry approves (" +
+                  std::string(v.rule.id) + ")"
+            : "guard: MCP server '" + *server + "' is denied by " + std::string(v.rule.id);
+    auditMcp(mcp_ctx_, "start", server->empty() ? mcp_url : *server, v, message,
+             {{"server", *server}, {"transport", "http"}, {"url", mcp_url}});
+    McpFilter denier(&mcp_ctx_, *server, "http", message);
+    denier.fromClient(body, &to_server, &to_client);
+    answerMcp(c, head_len + consumed, 403,
+              to_client.empty() ? "{\"error\":\"" + message + "\"}" : to_client);
+    return McpStep::kDone;
+  }
+  if (head->method != "POST") {
+    return McpStep::kPass;  // the event stream (GET) and session end (DELETE) carry no calls
+  }
+  filter.fromClient(body, &to_server, &to_client);
+  if (!to_client.empty() && learned != mcp_endpoints_.end()) {
+    // The older transport answers on the event stream, not in the POST's
+    // response: the refusal goes there as a message event.
+    auto stream = conns_.find(learned->second.stream);
+    if (stream != conns_.end() && !stream->second->dead && stream->second->sse_chunked) {
+      std::string event = "event: message\ndata: " + to_client.substr(0, to_client.size() - 1) + "\n\n";
+      char size[24];
+      snprintf(size, sizeof(size), "%zx\r\n", event.size());
+      sendTo(stream->second.get(), &stream->second->down, size + event + "\r\n");
+    } else if (stream != conns_.end() && !stream->second->dead) {
+      sendTo(stream->second.get(), &stream->second->down,
+             "event: message\ndata: " + to_client.substr(0, to_client.size() - 1) + "\n\n");
+    }
+    deferred_.push_back([this, id = learned->second.stream] {
+      if (auto it = conns_.find(id); it != conns_.end()) {
+        pump(it->second.get());  // writes the event out
+      }
+    });
+    c->down.in.erase(0, head_len + consumed);
+    sendTo(c, &c->down, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+    return McpStep::kDone;
+  }
+  if (!to_client.empty()) {
+    answerMcp(c, head_len + consumed, 200, to_client);
+    return McpStep::kDone;
+  }
+  // What goes on is the body as read; framed by length from here.
+  if (!to_server.empty() && to_server.back() == '\n') {
+    to_server.pop_back();
+  }
+  down->in.replace(head_len, consumed, to_server);
+  head->erase("content-length");
+  head->erase("transfer-encoding");
+  head->headers.push_back({"Content-Length", std::to_string(to_server.size())});
+  *framing = Framing{Framing::Kind::kLength, to_server.size()};
+  return McpStep::kPass;
+}
+
+void Proxy::answerMcp(Conn* c, size_t consume, int status, const std::string& json_body) {
+  std::string body = json_body;
+  if (!body.empty() && body.back() == '\n') {
+    body.pop_back();
+  }
+  c->down.in.erase(0, consume);
+  sendTo(c, &c->down,
+         "HTTP/1.1 " + std::to_string(status) + (status == 200 ? " OK" : reasonPhrase(status)) +
+             "\r\nContent-Type: application/json\r\nContent-Length: " +
+             std::to_string(body.size()) + "\r\n\r\n" + body);
+}
+
+Proxy::McpStep Proxy::mcpResponse(Conn* c, HttpHead* head, size_t head_len) {
+  Side* up = &c->up;
+  const std::string& server = c->mcp.front();
+  Framing framing;
+  if (!responseFraming(*head, c->methods.front(), &framing)) {
+    return McpStep::kPass;  // refused as ambiguous by the caller
+  }
+  const std::string* ct = head->find("content-type");
+  if (ct != nullptr && strncasecmp(ct->c_str(), "text/event-stream", 17) == 0) {
+    c->sse_server = server;
+    c->sse_buf.clear();
+    c->sse_framing = framing;
+    c->sse_chunked = framing.kind != Framing::Kind::kUntilClose;
+    if (c->sse_chunked) {
+      head->erase("content-length");
+      head->erase("transfer-encoding");
+      head->headers.push_back({"Transfer-Encoding", "chunked"});
+    }
+    return McpStep::kPass;
+  }
+  if (ct == nullptr || strncasecmp(ct->c_str(), "application/json", 16) != 0) {
+    return McpStep::kPass;
+  }
+  std::string body;
+  size_t consumed = 0;
+  BodyRead r = readWholeBody(std::string_view(up->in).substr(head_len), framing, up->eof,
+                             kMcpMaxMessage, &consumed, &body);
+  if (r == BodyRead::kNeedMore && !up->eof) {
+    up->cap = head_len + kMcpMaxMessage + kChunk;
+    return McpStep::kWait;
+  }
+  up->cap = kCap;
+  if (r != BodyRead::kOk) {
+    auditConn(c, "deny", nullptr, "an MCP response the filter cannot read whole");
+    refuse(c, 502, "guard: the MCP server's response is malformed or over the size limit");
+    return McpStep::kDone;
+  }
+  McpFilter filter(&mcp_ctx_, server, "http");
+  std::string out;
+  filter.fromServer(body, &out);
+  if (!out.empty() && out.back() == '\n') {
+    out.pop_back();
+  }
+  up->in.replace(head_len, consumed, out);
+  head->erase("content-length");
+  head->erase("transfer-encoding");
+  head->headers.push_back({"Content-Length", std::to_string(out.size())});
+  return McpStep::kPass;
+}
+
+// moveEvents forwards an MCP event stream event by event through the filter.
+bool Proxy::moveEvents(Conn* c, Body* b, Side* from, Side* to) {
+  if (!roomFor(*to)) {
+    return false;
+  }
+  std::string payload;
+  size_t take = 0;
+  switch (b->framing.kind) {
+    case Framing::Kind::kLength:
+      take = static_cast<size_t>(std::min<uint64_t>(b->left, from->in.size()));
+      payload.assign(from->in, 0, take);
+      b->left -= take;
+      b->ended = b->left == 0;
+      break;
+    case Framing::Kind::kChunked: {
+      long r = b->chunks.consume(from->in, &payload);
+      if (r < 0) {
+        auditConn(c, "deny", nullptr, "malformed chunked body");
+        refuse(c, 502, "guard: malformed chunked body");
+        return true;
+      }
+      take = static_cast<size_t>(r);
+      b->ended = b->chunks.done();
+      break;
+    }
+    case Framing::Kind::kUntilClose:
+      take = from->in.size();
+      payload = from->in;
+      b->ended = from->eof;
+      break;
+    case Framing::Kind::kNone:
+      b->ended = true;
+      break;
+  }
+  if (!b->ended && from->eof && take == from->in.size()) {
+    b->ended = true;  // the server stopped mid-stream
+    c->close_after_flush = true;
+  }
+  from->in.erase(0, take);
+  c->sse_buf += payload;
+  McpFilter filter(&mcp_ctx_, c->sse_server, "http");
+  std::string out;
+  for (size_t end; (end = sseEventEnd(c->sse_buf)) != std::string::npos;) {
+    std::string_view event = std::string_view(c->sse_buf).substr(0, end);
+    if (std::string path = sseEndpoint(event); !path.empty() && path.front() == '/') {
+      uint16_t default_port = c->intercept ? 443 : 80;
+      mcp_endpoints_[std::string(c->intercept ? "https://" : "http://") + c->name +
+                     (c->port != default_port ? ":" + std::to_string(c->port) : "") + path] =
+          McpEndpoint{c->sse_server, c->id};
+    }
+    out += filterSseEvent(&filter, event);
+    c->sse_buf.erase(0, end);
+  }
+  if (c->sse_buf.size() > kMcpMaxMessage) {
+    auditConn(c, "deny", nullptr, "an MCP event over the size limit");
+    refuse(c, 502, "guard: the MCP server sent an event over the size limit");
+    return true;
+  }
+  if (b->ended) {
+    out += c->sse_buf;
+    c->sse_buf.clear();
+  }
+  bool progress = take > 0;
+  if (!out.empty()) {
+    char size[24];
+    snprintf(size, sizeof(size), "%zx\r\n", out.size());
+    if (!sendTo(c, to, c->sse_chunked ? size + out + "\r\n" : out)) {
+      return true;
+    }
+    progress = true;
+  }
+  if (b->ended) {
+    if (c->sse_chunked && !sendTo(c, to, "0\r\n\r\n")) {
+      return true;
+    }
+    c->sse_server.clear();
+    c->resp = Msg::kHead;
+    if (b->framing.kind == Framing::Kind::kUntilClose) {
+      c->close_after_flush = true;
+    }
+    progress = true;
   }
   return progress;
 }
