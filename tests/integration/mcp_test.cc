@@ -7,11 +7,20 @@
 // what it was told (the tool list, the error codes).
 //
 // Tags [integration][mcp].
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -222,6 +231,16 @@ std::map<int, int> errorCodes(const json& out) {
     }
   }
   return codes;
+}
+
+TEST_CASE("cli: the command after -- reaches the agent verbatim", "[integration][cli]") {
+  World w;
+  // JSON arguments are what MCP clients are given; brackets once turned
+  // into lists on their way through guard's own option parser.
+  Run r = w.guard({"/bin/echo", "[1,2]", "[{\"op\":\"list\"}]", "--", "-x", "--policy"});
+  INFO(describe(r));
+  CHECK(r.status == 0);
+  CHECK(r.out == "[1,2] [{\"op\":\"list\"}] -- -x --policy\n");
 }
 
 TEST_CASE("mcp: an approved stdio server lists and runs only the tools the policy allows",
@@ -444,6 +463,211 @@ TEST_CASE("mcp: guard mcp-wrap filters a server outside a session", "[integratio
   REQUIRE(out.is_object());
   CHECK(errorCodes(out)[0] == -32001);
   CHECK(out["exit"] == 126);
+}
+
+}  // namespace
+}  // namespace guard::testing
+
+namespace guard::testing {
+namespace {
+
+// Background is a process the test starts and kills (its whole group).
+class Background {
+ public:
+  Background(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+             const std::string& log) {
+    pid_ = fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      setpgid(0, 0);
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      std::vector<char*> a;
+      for (const std::string& s : argv) {
+        a.push_back(const_cast<char*>(s.c_str()));
+      }
+      a.push_back(nullptr);
+      std::vector<char*> e;
+      for (const std::string& s : env) {
+        e.push_back(const_cast<char*>(s.c_str()));
+      }
+      e.push_back(nullptr);
+      execvpe(a[0], a.data(), e.data());
+      _exit(127);
+    }
+  }
+  ~Background() {
+    kill(-pid_, SIGKILL);
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  Background(const Background&) = delete;
+  Background& operator=(const Background&) = delete;
+
+ private:
+  pid_t pid_ = -1;
+};
+
+int freePort() {
+  int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  REQUIRE(bind(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+  REQUIRE(getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  close(s);
+  return ntohs(a.sin_port);
+}
+
+bool waitFor(const std::function<bool()>& ready, int ms = 10000) {
+  for (int i = 0; i < ms / 50; ++i) {
+    if (ready()) {
+      return true;
+    }
+    usleep(50 * 1000);
+  }
+  return ready();
+}
+
+size_t countLines(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+// HttpWorld: server-everything over Streamable HTTP (approved as
+// "remote") and over the older HTTP+SSE transport (approved as "legacy"),
+// plus a second Streamable HTTP instance no entry names ("rogue.test"),
+// all on 127.0.0.1; the test's DNS upstream maps the .test names there.
+struct HttpWorld {
+  World w;
+  int http_port = freePort();
+  int sse_port = freePort();
+  int rogue_port = freePort();
+  std::string dns_port_file = w.base + "/dns.port";
+  std::unique_ptr<Background> dns, http, sse, rogue;
+  std::string dns_port;
+
+  HttpWorld() {
+    std::string scripts = fs::path(fixtures()).parent_path().string() + "/net";
+    dns = std::make_unique<Background>(
+        std::vector<std::string>{"python3", scripts + "/dns_upstream.py", "--listen",
+                                 "127.0.0.1:0", "--port-file", dns_port_file, "--map",
+                                 "mcp.test=127.0.0.1", "--map", "rogue.test=127.0.0.1", "--log",
+                                 w.base + "/dns.log"},
+        std::vector<std::string>{"PATH=/usr/bin:/bin"}, w.base + "/dns.out");
+    auto server = [&](int port, const char* mode, const std::string& log) {
+      return std::make_unique<Background>(
+          std::vector<std::string>{"node", "--require", fixtures() + "/loopback.cjs",
+                                   serverJs("server-everything"), mode},
+          std::vector<std::string>{"PATH=/usr/local/bin:/usr/bin:/bin",
+                                   "PORT=" + std::to_string(port)},
+          log);
+    };
+    http = server(http_port, "streamableHttp", w.base + "/http.log");
+    sse = server(sse_port, "sse", w.base + "/sse.log");
+    rogue = server(rogue_port, "streamableHttp", w.base + "/rogue.log");
+    REQUIRE(waitFor([&] { return !readFile(dns_port_file).empty(); }));
+    dns_port = readFile(dns_port_file);
+    while (!dns_port.empty() && (dns_port.back() == '\n' || dns_port.back() == ' ')) {
+      dns_port.pop_back();
+    }
+    REQUIRE(waitFor([&] {
+      return contains(readFile(w.base + "/http.log"), "listening") &&
+             contains(readFile(w.base + "/sse.log"), "running") &&
+             contains(readFile(w.base + "/rogue.log"), "listening");
+    }));
+    std::ofstream f(w.policy, std::ios::app);
+    f << "    - name: remote\n"
+         "      url: http://mcp.test:" << http_port << "/mcp\n"
+         "      tools: {allow: [echo, get-sum]}\n"
+         "    - name: legacy\n"
+         "      url: http://mcp.test:" << sse_port << "/sse\n"
+         "      tools: {allow: [echo]}\n"
+         "network:\n"
+         "  default: deny\n"
+         "  rules:\n"
+         "    - allow: [mcp.test, rogue.test]\n"
+         "      ports: [" << http_port << ", " << sse_port << ", " << rogue_port << "]\n";
+  }
+
+  json client(const std::string& transport, const std::string& url, const json& ops) const {
+    std::vector<std::string> argv = {guardPath(), "--policy", w.policy, "--audit", w.audit,
+                                     "--dns-upstream", "127.0.0.1:" + dns_port, "--",
+                                     "node", fixtures() + "/client.mjs", transport, url,
+                                     "--ops", ops.dump()};
+    Run r = runProgram(argv, w.project,
+                       {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + w.project}, 60000);
+    INFO(describe(r));
+    REQUIRE(r.status == 0);
+    json out = json::parse(World::lastLine(r.out), nullptr, false);
+    REQUIRE(out.is_object());
+    return out;
+  }
+};
+
+TEST_CASE("mcp: a remote server over Streamable HTTP is filtered by the proxy",
+          "[integration][mcp]") {
+  HttpWorld h;
+  std::string url = "http://mcp.test:" + std::to_string(h.http_port) + "/mcp";
+  json base = h.client("--http", url, {{{"op", "list"}}, call("echo", {{"message", "hi"}})});
+  size_t posts_base = countLines(readFile(h.w.base + "/http.log"), "Received MCP POST");
+  json out = h.client("--http", url,
+                      {{{"op", "list"}}, call("echo", {{"message", "hi"}}),
+                       call("get-env", json::object())});
+  INFO(out.dump(2));
+  REQUIRE(out["connect"]["ok"] == true);
+  std::vector<std::string> tools = out["results"][0]["tools"];
+  std::sort(tools.begin(), tools.end());
+  CHECK(tools == std::vector<std::string>{"echo", "get-sum"});
+  CHECK(out["results"][1]["text"] == "Echo: hi");
+  CHECK(out["results"][2]["code"] == -32001);
+  // The denied call never reached the server: the second run made exactly
+  // as many POSTs as the first, which did not try it.
+  size_t posts = countLines(readFile(h.w.base + "/http.log"), "Received MCP POST");
+  CHECK(posts - posts_base == posts_base);
+  bool audited = false;
+  for (const json& e : h.w.events()) {
+    audited = audited || (e["target"] == "remote/get-env" && e["decision"] == "deny" &&
+                          e["details"]["transport"] == "http");
+  }
+  CHECK(audited);
+}
+
+TEST_CASE("mcp: a remote server over the older HTTP+SSE transport is filtered too",
+          "[integration][mcp]") {
+  HttpWorld h;
+  std::string url = "http://mcp.test:" + std::to_string(h.sse_port) + "/sse";
+  json base = h.client("--sse", url, {{{"op", "list"}}, call("echo", {{"message", "hi"}})});
+  size_t msgs_base = countLines(readFile(h.w.base + "/sse.log"), "Client Message");
+  json out = h.client("--sse", url,
+                      {{{"op", "list"}}, call("echo", {{"message", "hi"}}),
+                       call("get-sum", {{"a", 1}, {"b", 2}})});
+  INFO(out.dump(2));
+  REQUIRE(out["connect"]["ok"] == true);
+  CHECK(out["results"][0]["tools"] == json::array({"echo"}));
+  CHECK(out["results"][1]["text"] == "Echo: hi");
+  CHECK(out["results"][2]["code"] == -32001);
+  size_t msgs = countLines(readFile(h.w.base + "/sse.log"), "Client Message");
+  CHECK(msgs - msgs_base == msgs_base);
+}
+
+TEST_CASE("mcp: an MCP endpoint the policy does not name is blocked", "[integration][mcp]") {
+  HttpWorld h;
+  json out = h.client("--http", "http://rogue.test:" + std::to_string(h.rogue_port) + "/mcp",
+                      {{{"op", "list"}}});
+  INFO(out.dump(2));
+  CHECK(out["connect"]["ok"] == false);
+  CHECK(out["connect"]["http_status"] == 403);
+  CHECK(contains(out["connect"].value("error", ""), "no policy entry approves"));
+  // Judged by the server: not one MCP request reached it.
+  CHECK(countLines(readFile(h.w.base + "/rogue.log"), "Received MCP") == 0);
+  // The same host is reachable: only MCP was refused.
+  CHECK(contains(readFile(h.w.base + "/dns.log"), "rogue.test"));
 }
 
 }  // namespace
