@@ -369,11 +369,18 @@ TEST_CASE("mcp: denied calls are refused however they are sent", "[integration][
 
 TEST_CASE("mcp: an oversized message is refused and the session goes on", "[integration][mcp]") {
   World w;
-  std::string big(9u << 20, 'x');
-  json out = w.raw({kInit, "{\"pad\":\"" + big + "\"}",
-                    rpc(8, "tools/call", {{"name", "echo"}, {"arguments", {{"message", "after"}}}})},
-                   {"node", serverJs("server-everything"), "stdio"}, 2500);
-  INFO(out.dump().substr(0, 4000));
+  // 9 MiB without a newline, then its newline: one message over the limit.
+  std::vector<std::string> argv = {"node", fixtures() + "/raw.mjs", "--wait", "2500", "--line",
+                                   kInit, "--bytes", std::to_string(9u << 20), "--line", "",
+                                   "--line",
+                                   rpc(8, "tools/call",
+                                       {{"name", "echo"}, {"arguments", {{"message", "after"}}}}),
+                                   "--", "node", serverJs("server-everything"), "stdio"};
+  Run r = w.guard(argv);
+  INFO(describe(r).substr(0, 4000));
+  REQUIRE(r.status == 0);
+  json out = json::parse(World::lastLine(r.out), nullptr, false);
+  REQUIRE(out.is_object());
   std::map<int, int> codes = errorCodes(out);
   CHECK(codes[0] == 0);
   CHECK(codes[8] == 0);
