@@ -108,6 +108,8 @@ void relayStdio(McpFilter* filter, int client_in, int client_out, int server);
 // may start, and whether a process reading JSON-RPC on its stdin is an MCP
 // server nobody approved. Approved servers are wrapped: their stdio becomes
 // a socket whose other end a relay thread filters. Runs on its own thread.
+// Its threads are detached and use the supervisor until the process ends:
+// it must never be destroyed while the process lives on.
 class McpSupervisor {
  public:
   explicit McpSupervisor(McpContext ctx);

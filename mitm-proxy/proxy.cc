@@ -473,6 +473,9 @@ void Side::onEvent(uint32_t events) {
 }
 
 Proxy::~Proxy() {
+  // The supervisor's relay threads may still be serving MCP servers: they
+  // end with the process, so the supervisor they use is never freed.
+  static_cast<void>(mcp_.release());
   for (auto& [id, c] : conns_) {
     c->down.closeAll();
     c->up.closeAll();
