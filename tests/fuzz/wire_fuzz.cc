@@ -9,7 +9,8 @@
 //  * HTTP: a parsed head serializes to text that parses to the same head
 //    (round trip), and the framing decision is the same for both;
 //  * chunked: consume never claims more bytes than it was given, and
-//    feeding the input in two pieces gives the same total as in one.
+//    feeding the input in two pieces gives the same total and the same
+//    decoded payload as in one; readWholeBody agrees with consume.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -77,21 +78,31 @@ void fuzzHttp(std::string_view in, bool request) {
 
 void fuzzChunked(std::string_view in) {
   ChunkedReader whole;
-  long all = whole.consume(in);
+  std::string payload;
+  long all = whole.consume(in, &payload);
   FUZZ_CHECK(all <= static_cast<long>(in.size()));
+  FUZZ_CHECK(payload.size() <= in.size());
   if (all < 0) {
     return;
   }
   size_t split = in.empty() ? 0 : static_cast<uint8_t>(in[0]) % (in.size() + 1);
   ChunkedReader parts;
-  long a = parts.consume(in.substr(0, split));
+  std::string pieces;
+  long a = parts.consume(in.substr(0, split), &pieces);
   if (a < 0) {
     return;  // an error seen early is still an error
   }
-  long b = parts.done() ? 0 : parts.consume(in.substr(static_cast<size_t>(a)));
+  long b = parts.done() ? 0 : parts.consume(in.substr(static_cast<size_t>(a)), &pieces);
   FUZZ_CHECK(b >= 0);
   FUZZ_CHECK(a + b == all);
   FUZZ_CHECK(parts.done() == whole.done());
+  FUZZ_CHECK(pieces == payload);
+  size_t consumed = 0;
+  std::string body;
+  BodyRead r = readWholeBody(in, Framing{Framing::Kind::kChunked, 0}, false, 1u << 20,
+                             &consumed, &body);
+  FUZZ_CHECK(r != BodyRead::kOk || (whole.done() && static_cast<long>(consumed) == all &&
+                                    body == payload));
 }
 
 }  // namespace
