@@ -117,7 +117,9 @@ class World {
               "      tools: {deny: [tool-2, tool-6]}\n"
               "    - name: shell\n"
               "      command: [\"**/blocked-mcp\", \"**\"]\n"
-              "      allow: false\n");
+              "      allow: false\n"
+              "    - name: dying\n"
+              "      command: [\"**/dying-mcp\"]\n");
   }
   ~World() {
     std::error_code ec;
@@ -441,6 +443,29 @@ TEST_CASE("mcp: a denied server entry never starts and the client is told on ini
                           e["decision"] == "deny" && e["rule"]["id"] == "mcp-test.mcp.shell");
   }
   CHECK(audited);
+}
+
+TEST_CASE("mcp: a wrapped server that dies ends its conversation, and the next one works",
+          "[integration][mcp]") {
+  World w;
+  writeText(w.project + "/dying-mcp", "#!/bin/sh\nread line\nexit 3\n", 0755);
+  // Both in one session: the supervisor outlives the first server.
+  std::string raw = "node " + fixtures() + "/raw.mjs --wait 1000 --line '" + kInit + "' -- " +
+                    w.project + "/dying-mcp";
+  std::string client = "node " + fixtures() + "/client.mjs --ops '[{\"op\":\"list\"}]' -- node " +
+                       serverJs("server-everything") + " stdio";
+  Run r = w.guard({"sh", "-c", raw + " && echo ---- && " + client});
+  INFO(describe(r));
+  REQUIRE(r.status == 0);
+  size_t sep = r.out.find("----\n");
+  REQUIRE(sep != std::string::npos);
+  json first = json::parse(World::lastLine(r.out.substr(0, sep)), nullptr, false);
+  json second = json::parse(World::lastLine(r.out.substr(sep + 5)), nullptr, false);
+  REQUIRE(first.is_object());
+  CHECK(first["exit"] == 3);  // the client sees the server's end, nothing hangs
+  REQUIRE(second.is_object());
+  CHECK(second["connect"]["ok"] == true);
+  CHECK(second["results"][0]["tools"].size() == 2);
 }
 
 TEST_CASE("mcp: guard mcp-wrap filters a server outside a session", "[integration][mcp]") {
