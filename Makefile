@@ -75,12 +75,20 @@ $(GUARD): $(CLI_OBJ) $(BUILD)/libguard.a
 	$(CXX) $(CXXFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # The shim: C ABI, no C++ runtime, only the interposed names exported.
+# -fno-delete-null-pointer-checks: libc's headers mark exec's arguments
+# nonnull, but the wrappers must tolerate NULL as the kernel does.
+# -U_FORTIFY_SOURCE: the wrappers define names that fortified headers inline.
+# -e: the shim is also a program, the stand-in for a denied MCP server
+# (interpose/entry.c).
 SHIM_SRC := $(wildcard interpose/*.c)
-SHIM_FLAGS := -std=c11 -O2 -g -fPIC -fvisibility=hidden -Wall -Wextra -Werror -I.
-$(SHIM): $(SHIM_SRC) interpose/exports.map
+SHIM_HDR := $(wildcard interpose/*.h) policy/wire.h
+SHIM_FLAGS := -std=c11 -D_GNU_SOURCE -U_FORTIFY_SOURCE -O2 -g -fPIC -fvisibility=hidden \
+  -fno-delete-null-pointer-checks \
+  -Wall -Wextra -Werror -Wshadow -Wformat=2 -I.
+$(SHIM): $(SHIM_SRC) $(SHIM_HDR) interpose/exports.map
 	@mkdir -p $(dir $@)
 	$(CC) $(SHIM_FLAGS) -shared -nostartfiles -Wl,--version-script=interpose/exports.map \
-	  -Wl,-z,now -Wl,-z,relro $(SHIM_SRC) -o $@ -ldl
+	  -Wl,-e,guardDeniedEntry -Wl,-z,now -Wl,-z,relro $(SHIM_SRC) -o $@ -ldl
 
 $(TESTS): $(TEST_OBJ) $(BUILD)/libguard.a
 	$(CXX) $(CXXFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
