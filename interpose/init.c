@@ -80,18 +80,14 @@ static void findShimPath(void) {
    functions (so exec paths never call dlsym); records the shim's path (for
    LD_PRELOAD and the denied stand-in); performs the pending check of a
    program started by posix_spawn(p) (spawn.c); arms the sniffer (sniff.c).
-   Environment switch: GUARD_INTERPOSE_NO_SNIFF=1 turns off its only
-   optional step, the sniffer. The other steps cannot be switched off: the
-   spawn check would otherwise start a candidate unchecked (fail closed). */
+   No environment switch turns any step off: the environment is the
+   agent's, and a switch would let it start an unknown MCP server unsniffed
+   or a candidate unchecked. */
 __attribute__((constructor)) static void guardInit(int argc, char** argv, char** envp) {
   (void)argc;
   resolveRealFns();
   findShimPath();
   spawnCheckSelf(argv);
-  for (char** e = envp; e && *e; e++) {
-    if (strEq(*e, "GUARD_INTERPOSE_NO_SNIFF=1")) {
-      return;
-    }
-  }
+  (void)envp;
   armSniffer(argv);
 }
