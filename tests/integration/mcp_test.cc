@@ -44,9 +44,10 @@ std::string describe(const Run& r) {
 
 std::string guardPath() { return fs::absolute(guardBinary()).string(); }
 
-// fixtures is tests/mcp of the tree the guard under test was built from.
+// fixtures is tests/mcp of the tree this test program was built in
+// (build/guard-tests or build-san/guard-tests).
 std::string fixtures() {
-  return fs::path(guardPath()).parent_path().parent_path().string() + "/tests/mcp";
+  return fs::read_symlink("/proc/self/exe").parent_path().parent_path().string() + "/tests/mcp";
 }
 
 std::string serverJs(const std::string& pkg) {
