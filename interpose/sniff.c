@@ -19,6 +19,7 @@ static const char kNeedle[] = "\"jsonrpc\"";
 enum { kNeedleLen = sizeof(kNeedle) - 1, kCarryMax = 16 };
 
 static int armed;
+static int report_next; /* the supervisor said 'A': report the next read whatever it holds */
 static char** sniff_argv;
 static char carry[kCarryMax];
 static size_t carry_len;
@@ -110,7 +111,11 @@ static void report(const char* prev, size_t prev_len, const char* data, size_t l
   }
   if ((n == kWireNoSession && !sessionKnown()) || (n > 0 && reply[0] == 'P')) {
     __atomic_store_n(&armed, 0, __ATOMIC_RELAXED); /* stop watching for good */
-  } else if (!(n > 0 && reply[0] == 'A')) {
+  } else if (n > 0 && reply[0] == 'A') {
+    /* No whole message yet: the rest of it, which need not say "jsonrpc"
+       again, goes to the supervisor too. */
+    report_next = 1;
+  } else {
     denySniffed(reply, n, conn);
   }
   if (conn >= 0) {
@@ -132,7 +137,8 @@ static void sniff(const char* data, size_t len) {
   size_t head = len < kNeedleLen - 1 ? len : kNeedleLen - 1;
   memcpy(joint, prev + prev_len - tail, tail);
   memcpy(joint + tail, data, head);
-  if (hasNeedle(joint, tail + head) || hasNeedle(data, len)) {
+  if (report_next || hasNeedle(joint, tail + head) || hasNeedle(data, len)) {
+    report_next = 0;
     report(prev, prev_len, data, len);
   }
   if (len >= kCarryMax) {

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <strings.h>
 #include <thread>
 
 #include "policy/document.h"
@@ -804,10 +805,23 @@ void McpSupervisor::sniffed(int conn, std::string_view payload, const std::vecto
     plain("P");
     return;
   }
-  // Find whole JSON messages in what was read: newline-delimited, or after
-  // a language server's Content-Length header.
+  // Find whole JSON messages in what was read: newline-delimited (MCP), or
+  // framed by a Content-Length header (language servers).
   bool mcp = false;
   bool other = false;
+  auto judge = [&](std::string_view text) {
+    json m = json::parse(text, nullptr, false);
+    if (m.is_discarded()) {
+      return;
+    }
+    for (const json& x : m.is_array() ? m : json::array({m})) {
+      if (isMcpMessage(x)) {
+        mcp = true;
+      } else if (x.is_object() && x.contains("jsonrpc")) {
+        other = true;
+      }
+    }
+  };
   size_t at = 0;
   while (at < data.size()) {
     size_t nl = data.find('\n', at);
@@ -816,20 +830,26 @@ void McpSupervisor::sniffed(int conn, std::string_view payload, const std::vecto
     }
     std::string_view line = data.substr(at, nl - at);
     at = nl + 1;
-    size_t brace = line.find_first_of("{[");
-    if (brace == std::string_view::npos) {
-      continue;
-    }
-    json m = json::parse(line.substr(brace), nullptr, false);
-    if (m.is_discarded()) {
-      continue;
-    }
-    for (const json& x : m.is_array() ? m : json::array({m})) {
-      if (isMcpMessage(x)) {
-        mcp = true;
-      } else if (x.is_object() && x.contains("jsonrpc")) {
-        other = true;
+    if (line.size() > 15 && strncasecmp(line.data(), "Content-Length:", 15) == 0) {
+      size_t len = strtoul(std::string(line.substr(15)).c_str(), nullptr, 10);
+      size_t body = data.find("\r\n\r\n", at - 2);
+      if (body != std::string_view::npos && body + 4 + len <= data.size()) {
+        judge(data.substr(body + 4, len));
+        at = body + 4 + len;
       }
+      continue;
+    }
+    size_t brace = line.find_first_of("{[");
+    if (brace != std::string_view::npos) {
+      judge(line.substr(brace));
+    }
+  }
+  // A message split across reads is judged by MCP's own words in what
+  // there is of it.
+  if (!mcp && !other) {
+    for (std::string_view word : {"\"protocolVersion\"", "\"tools/", "\"resources/", "\"prompts/",
+                                  "\"notifications/initialized\"", "\"completion/complete\""}) {
+      mcp = mcp || data.find(word) != std::string_view::npos;
     }
   }
   if (!mcp) {

@@ -45,7 +45,9 @@
             'P'  not an MCP server that needs a decision (the stream is not
                  MCP, or stdin already is a supervisor's wrap socket): stop
                  watching for the life of the process.
-            'A'  undecided (no complete message yet): keep watching.
+            'A'  undecided (no complete message yet): keep watching, and
+                 report the next read whatever it holds (the rest of a
+                 message need not say "jsonrpc" again).
             'D'  an MCP server no approved entry covers: the supervisor now
                  answers the client; the shim writes the message, waits in
                  the read for the connection to close and exits with

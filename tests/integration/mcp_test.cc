@@ -186,6 +186,11 @@ class World {
     return out;
   }
 
+  // writePy writes a script into the project.
+  void writePy(const std::string& name, const std::string& text) const {
+    writeText(project + "/" + name, text);
+  }
+
   static std::string lastLine(const std::string& s) {
     std::string t = s;
     while (!t.empty() && t.back() == '\n') {
@@ -424,6 +429,56 @@ TEST_CASE("mcp: servers the policy does not approve never run, however they are 
       CHECK(out["exit"] == 126);
     }
   }
+}
+
+TEST_CASE("mcp: a message split across reads is still judged; a language server is left alone",
+          "[integration][mcp]") {
+  World w;
+  std::string marker = w.files + "/split-wrote";
+  // The client writes one tools/call in two pieces: only the first says
+  // "jsonrpc", only the second names the method.
+  w.writePy("split.py",
+            "import subprocess, sys, time\n"
+            "p = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE,\n"
+            "                     stderr=subprocess.PIPE)\n"
+            "p.stderr.readline()  # the server is up and reading\n"
+            "p.stdin.write(b'{\"jsonrpc\":\"2.0\",\"id\":1,'); p.stdin.flush(); time.sleep(0.5)\n"
+            "p.stdin.write(b'\"method\":\"tools/call\",\"params\":{\"name\":\"write_file\",'\n"
+            "              b'\"arguments\":{\"path\":\"" + marker + "\",\"content\":\"x\"}}}\\n')\n"
+            "p.stdin.flush(); time.sleep(1.5); p.stdin.close()\n"
+            "print(p.wait())\n");
+  Run r = w.guard({"python3", w.project + "/split.py", "node", serverJs("server-filesystem"),
+                   w.files});
+  INFO(describe(r));
+  CHECK_FALSE(exists(marker));
+  CHECK(contains(r.out, "126"));
+
+  // A language server speaks JSON-RPC with Content-Length framing and an
+  // initialize without MCP's protocolVersion: it must run undisturbed.
+  w.writePy("lsp.py",
+            "import os, sys\n"
+            "data = b''\n"
+            "while b'exit' not in data:\n"
+            "    chunk = os.read(0, 4096)\n"
+            "    if not chunk: break\n"
+            "    data += chunk\n"
+            "open(sys.argv[1], 'w').write('lsp read %d bytes' % len(data))\n");
+  w.writePy("lsp_client.py",
+            "import subprocess, sys, json\n"
+            "def frame(m):\n"
+            "    b = json.dumps(m).encode()\n"
+            "    return b'Content-Length: %d\\r\\n\\r\\n' % len(b) + b\n"
+            "p = subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]], stdin=subprocess.PIPE)\n"
+            "p.stdin.write(frame({'jsonrpc': '2.0', 'id': 0, 'method': 'initialize',\n"
+            "                     'params': {'processId': 1, 'rootUri': None, 'capabilities': {}}}))\n"
+            "p.stdin.write(frame({'jsonrpc': '2.0', 'method': 'exit'}))\n"
+            "p.stdin.close()\n"
+            "print(p.wait())\n");
+  std::string out = w.project + "/lsp.out";
+  r = w.guard({"python3", w.project + "/lsp_client.py", w.project + "/lsp.py", out});
+  INFO(describe(r));
+  CHECK(contains(r.out, "0"));
+  CHECK(contains(readFile(out), "lsp read"));
 }
 
 TEST_CASE("mcp: a denied server entry never starts and the client is told on initialize",
