@@ -499,6 +499,7 @@ int runMcpWrap(const McpWrapOptions& options) {
   mctx.base.groups = ctx.groups;
   mctx.base.host = ctx.host;
   mctx.mode = "mcp-wrap";
+  mctx.component = "cli";
   signal(SIGPIPE, SIG_IGN);
 
   std::string name(p.mcpServerForCommand(options.command));

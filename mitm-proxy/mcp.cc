@@ -65,7 +65,7 @@ void auditMcp(const McpContext& ctx, const char* action, const std::string& targ
   e.mono_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                   std::chrono::steady_clock::now().time_since_epoch())
                   .count();
-  e.component = "proxy";
+  e.component = ctx.component;
   e.surface = "mcp";
   e.action = action;
   e.target = target;

@@ -36,6 +36,7 @@ struct McpContext {
   policy::AuditSink* sink = nullptr;
   policy::AuditEvent base;  // session, user, groups, host
   std::string mode = "host";
+  std::string component = "proxy";  // who emits the events
 };
 
 // McpFilter governs one conversation between an MCP client and one server,
