@@ -32,7 +32,8 @@ LDLIBS   := $(PKG_LIBS) $(BSSL) -pthread
 
 POLICY_SRC := $(wildcard policy/*.cc)
 CLI_SRC    := $(wildcard cli/*.cc)
-LIB_SRC    := $(POLICY_SRC) $(wildcard fusefs/*.cc) $(wildcard mitm-proxy/*.cc) $(wildcard vmhost/*.cc)
+LIB_SRC    := $(POLICY_SRC) $(wildcard fusefs/*.cc) $(wildcard mitm-proxy/*.cc) \
+              $(filter-out vmhost/guest_init.cc,$(wildcard vmhost/*.cc))
 LIB_OBJ    := $(LIB_SRC:%.cc=$(BUILD)/%.o) $(BUILD)/policy/default_policy.o
 CLI_OBJ    := $(CLI_SRC:%.cc=$(BUILD)/%.o)
 TEST_SRC   := $(wildcard tests/unit/*/*.cc) $(wildcard tests/integration/*.cc) tests/test_main.cc tests/testing.cc
@@ -161,3 +162,5 @@ clean:
 # The network fixtures (tests/net/) and the proxy benchmark's load generator.
 -include tests/net/module.mk
 -include bench/proxy/module.mk
+# VM mode: the guest init and the guest image (make vm-image; make check runs it).
+-include vmhost/module.mk

@@ -297,6 +297,16 @@ int main(int argc, char** argv) {
                  "append every network flow (DNS, connections, HTTP requests; secrets never "
                  "included) to FILE as JSON Lines, for replay against another policy "
                  "(docs/capture.md)");
+  bool vm = false;
+  unsigned vm_memory = 1024;
+  unsigned vm_cpus = 1;
+  app.add_flag("--vm", vm,
+               "run the command inside a QEMU microvm whose root is the same policy view "
+               "(needs scripts/vm-prepare.sh once; no network inside the VM yet)");
+  app.add_option("--vm-memory", vm_memory, "the VM's memory in MiB (default 1024)")
+      ->check(CLI::Range(64u, 1u << 20));
+  app.add_option("--vm-cpus", vm_cpus, "the VM's virtual CPUs (default 1)")
+      ->check(CLI::Range(1u, 64u));
   app.add_flag("-v,--verbose", verbosity, "more diagnostics on stderr (-vv for debug)");
   app.add_option("cmd", cmd, "command to run after --")->take_all();
   app.positionals_at_end();
@@ -450,5 +460,11 @@ int main(int argc, char** argv) {
   session.upstream_ca = upstream_ca;
   session.record_file = record_file;
   session.command = cmd;
+  if (!vm && (app.count("--vm-memory") > 0 || app.count("--vm-cpus") > 0)) {
+    return fail("--vm-memory and --vm-cpus go with --vm", kExitUsage);
+  }
+  session.vm = vm;
+  session.vm_memory_mib = vm_memory;
+  session.vm_cpus = vm_cpus;
   return guard::cli::runSession(session);
 }

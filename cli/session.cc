@@ -28,6 +28,7 @@
 #include "policy/loader.h"
 #include "policy/policy.h"
 #include "vmhost/jail.h"
+#include "vmhost/vm.h"
 
 extern char** environ;
 
@@ -292,7 +293,8 @@ int runSession(const SessionOptions& options) {
   for (const auto& f : loaded.files) {
     files.push_back({{"layer", f.layer}, {"file", f.file}});
   }
-  start.details = {{"mode", "host"}, {"cwd", ctx.project}, {"policy", files}};
+  const char* mode = options.vm ? "vm" : "host";
+  start.details = {{"mode", mode}, {"cwd", ctx.project}, {"policy", files}};
   sink->emit(std::move(start));
 
   std::vector<std::string> env = agentEnvironment(p, sink.get(), base);
@@ -335,13 +337,22 @@ int runSession(const SessionOptions& options) {
   pid_t died = -1;
   const pid_t view_pid = view.pid;
   const pid_t proxy_pid = proxy.pid;
-  auto rc = vmhost::runJail(
-      spec,
-      [&] {
-        phase("jail rooted in the view");
-        detach_error = fusefs::detachView(view);
-      },
-      {view_pid, proxy_pid}, &died);
+  auto on_rooted = [&] {
+    phase(options.vm ? "virtiofsd holds the view" : "jail rooted in the view");
+    detach_error = fusefs::detachView(view);
+  };
+  // VM mode: the same view, environment and watch; the VM replaces the jail
+  // (and has no network device yet, so nothing leaves it).
+  vmhost::VmSpec vm;
+  vm.argv = spec.argv;
+  vm.env = spec.env;
+  vm.cwd = spec.cwd;
+  vm.root = spec.root;
+  vm.hostname = spec.hostname;
+  vm.memory_mib = options.vm_memory_mib;
+  vm.cpus = options.vm_cpus;
+  auto rc = options.vm ? vmhost::runVm(vm, on_rooted, {view_pid, proxy_pid}, &died)
+                       : vmhost::runJail(spec, on_rooted, {view_pid, proxy_pid}, &died);
   phase("agent exited");
   Error view_error = fusefs::stopView(&view);
   Error proxy_error = proxy::stopProxy(&proxy);
@@ -357,7 +368,7 @@ int runSession(const SessionOptions& options) {
     std::fprintf(stderr, "guard: %s\n", rc.error().message().c_str());
   } else {
     code = rc.value();
-    done.details = {{"exit_code", code}};
+    done.details = {{"exit_code", code}, {"mode", mode}};
     if (code > 128 && code < 128 + 65) {
       done.decision = "signaled";
     }

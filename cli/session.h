@@ -13,6 +13,10 @@ struct SessionOptions {
   std::string dns_upstream;  // resolvers for the proxy ("host:port,..."); empty: the host's
   std::string upstream_ca;   // trust store for upstream TLS; empty: the host's bundle
   std::string record_file;   // --record: flow capture (docs/capture.md)
+  // --vm: run the command in a QEMU microvm rooted in the view (vmhost/vm.h).
+  bool vm = false;
+  unsigned vm_memory_mib = 1024;
+  unsigned vm_cpus = 1;
   std::vector<std::string> command;
 };
 

@@ -1,0 +1,1019 @@
+// VM mode's host side: starts virtiofsd on the filesystem view and a QEMU
+// microvm booting guard's guest kernel and init, relays the control port to
+// the caller's stdio, and stops both when the command ends or anything dies.
+//
+// Process tree:
+//   guard (the session)
+//     ├─ virtiofsd: own process group and user + mount namespace (root in it
+//     │   is the caller), chrooted into the view; serves it as virtiofs
+//     └─ QEMU -M microvm: own process group; no network device
+//          └─ guest: guard-vm-init (PID 1) └─ the command
+//
+// Descriptors handed to QEMU: 3 the vhost-user socket to virtiofsd, 4 the
+// control port's socket (vm_wire.h), 5 the serial console's pipe (kernel
+// messages and the guest init's early errors; guard keeps its tail for error
+// messages and streams it at -vv). QEMU's own stderr goes to another pipe
+// whose tail is kept the same way.
+//
+// QEMU and virtiofsd get PR_SET_PDEATHSIG, so they die with guard; their
+// process groups are their own, so the terminal's Ctrl-C reaches guard (and
+// through the control port the command), never QEMU.
+#include "vmhost/vm.h"
+
+#include <cpuid.h>
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "vmhost/vm_wire.h"
+
+namespace guard::vmhost {
+namespace {
+
+using wire::Frame;
+
+constexpr const char* kQemu = "qemu-system-x86_64";
+constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
+constexpr const char* kKernel = "vmlinux";
+constexpr const char* kInitramfs = "initramfs.cpio";
+// From QEMU's start to the guest's hello. TCG on a busy 2-core machine
+// boots in a few seconds; a guest that has not spoken after this hangs.
+constexpr int kBootTimeoutMs = 120000;
+constexpr size_t kTailBytes = 2048;
+constexpr size_t kStdinHighWater = 1u << 20;  // stop reading stdin above this
+constexpr size_t kReadChunk = 64u << 10;
+constexpr int kQemuVfsFd = 3;
+constexpr int kQemuCtlFd = 4;
+constexpr int kQemuConsoleFd = 5;
+constexpr int kVirtiofsdListenFd = 3;
+
+Error ioError(const std::string& what, int e) {
+  return Error(ErrorCode::kIo, what + ": " + strerror(e), e);
+}
+
+// Fd owns a descriptor.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() { reset(); }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  Fd(Fd&& o) noexcept : fd_(o.release()) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset(o.release());
+    }
+    return *this;
+  }
+  int get() const { return fd_; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void reset(int fd = -1) {
+    if (fd_ >= 0) {
+      close(fd_);
+    }
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// Tail keeps the last kTailBytes of a stream of diagnostics.
+struct Tail {
+  std::string text;
+  void add(const char* p, size_t n) {
+    text.append(p, n);
+    if (text.size() > 2 * kTailBytes) {
+      text.erase(0, text.size() - kTailBytes);
+    }
+  }
+  // lastLines returns up to N non-empty lines from the end, joined by "; ".
+  std::string lastLines(size_t n) const {
+    std::vector<std::string> lines;
+    size_t end = text.size();
+    while (end > 0 && lines.size() < n) {
+      size_t start = text.rfind('\n', end - 1);
+      size_t from = start == std::string::npos ? 0 : start + 1;
+      std::string line = text.substr(from, end - from);
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) {
+        line.pop_back();
+      }
+      if (!line.empty()) {
+        lines.insert(lines.begin(), line);
+      }
+      if (start == std::string::npos) {
+        break;
+      }
+      end = start;
+    }
+    std::string out;
+    for (const std::string& l : lines) {
+      out += (out.empty() ? "" : "; ") + l;
+    }
+    return out;
+  }
+};
+
+// findInPath returns the absolute path of NAME in $PATH, or "".
+std::string findInPath(const std::string& name) {
+  const char* path = getenv("PATH");
+  std::string dirs = path != nullptr && path[0] != '\0' ? path : "/usr/local/bin:/usr/bin:/bin";
+  size_t pos = 0;
+  while (pos <= dirs.size()) {
+    size_t colon = dirs.find(':', pos);
+    if (colon == std::string::npos) {
+      colon = dirs.size();
+    }
+    std::string dir = dirs.substr(pos, colon - pos);
+    pos = colon + 1;
+    if (dir.empty()) {
+      continue;
+    }
+    std::string cand = dir + "/" + name;
+    if (access(cand.c_str(), X_OK) == 0) {
+      return cand;
+    }
+  }
+  return "";
+}
+
+// hostTscKhz is the host's TSC frequency, or 0 when unknown. Under TCG the
+// guest's TSC runs at the host's rate; telling the guest kernel skips its
+// calibration, which under TCG sometimes hangs.
+unsigned long hostTscKhz() {
+  unsigned a = 0;
+  unsigned b = 0;
+  unsigned c = 0;
+  unsigned d = 0;
+  if (__get_cpuid_max(0, nullptr) >= 0x15) {
+    __cpuid(0x15, a, b, c, d);
+    if (a != 0 && b != 0 && c != 0) {
+      return static_cast<unsigned long>(static_cast<uint64_t>(c) * b / a / 1000);
+    }
+  }
+  if (__get_cpuid_max(0x40000000, nullptr) >= 0x40000010) {
+    __cpuid(0x40000010, a, b, c, d);  // hypervisor timing leaf: TSC kHz
+    if (a != 0) {
+      return a;
+    }
+  }
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("cpu MHz", 0) == 0) {
+      size_t colon = line.find(':');
+      if (colon != std::string::npos) {
+        return static_cast<unsigned long>(strtod(line.c_str() + colon + 1, nullptr) * 1000);
+      }
+    }
+  }
+  return 0;
+}
+
+bool writeAll(int fd, const char* p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) {
+      continue;
+    }
+    if (w < 0 && errno == EAGAIN) {
+      struct pollfd pfd = {fd, POLLOUT, 0};
+      poll(&pfd, 1, 1000);
+      continue;
+    }
+    if (w <= 0) {
+      return false;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+// ChildSpec is one helper process (QEMU or virtiofsd), prepared before the
+// fork so the child only makes system calls.
+struct ChildSpec {
+  std::string path;
+  std::vector<std::string> argv;
+  std::vector<std::pair<int, int>> fds;  // (descriptor here, number in the child)
+  int out_fd = -1;                       // stdout and stderr
+  bool user_namespace = false;           // virtiofsd: own user + mount namespace
+  int ready_fd = -1;  // gets one byte once the child's namespaces are set up
+};
+
+// spawnChild forks and execs SPEC in a process group of its own with a clean
+// environment; the child dies with the calling thread. Exec failures show
+// up as the child's death with a message on SPEC.out_fd.
+Result<pid_t> spawnChild(const ChildSpec& spec) {
+  std::vector<char*> argv;
+  for (const std::string& a : spec.argv) {
+    argv.push_back(const_cast<char*>(a.c_str()));
+  }
+  argv.push_back(nullptr);
+  const char* envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", nullptr};
+  char uid_map[64];
+  char gid_map[64];
+  snprintf(uid_map, sizeof(uid_map), "0 %u 1", static_cast<unsigned>(geteuid()));
+  snprintf(gid_map, sizeof(gid_map), "0 %u 1", static_cast<unsigned>(getegid()));
+  bool root = geteuid() == 0;
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid < 0) {
+    return ioError("fork", errno);
+  }
+  if (pid != 0) {
+    return pid;
+  }
+  // The child: system calls only.
+  auto fail = [&](const char* what) {
+    char msg[256];
+    int n = snprintf(msg, sizeof(msg), "guard: %s: %s: %s\n", spec.path.c_str(), what,
+                     strerror(errno));
+    if (n > 0 && spec.out_fd >= 0) {
+      ssize_t ignored = write(spec.out_fd, msg, static_cast<size_t>(n));
+      (void)ignored;
+    }
+    _exit(127);
+  };
+  setpgid(0, 0);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  for (int sig = 1; sig < NSIG; ++sig) {
+    signal(sig, SIG_DFL);
+  }
+  if (spec.user_namespace) {
+    // Like `unshare -Urm`: root in a user namespace of its own is the
+    // caller; a tmpfs over /run keeps virtiofsd's lock files private. As
+    // host root without user namespaces, a mount namespace alone.
+    if (unshare(CLONE_NEWUSER | CLONE_NEWNS) == 0) {
+      auto put = [&](const char* file, const char* text) {
+        int fd = open(file, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, text, strlen(text)) < 0) {
+          fail(file);
+        }
+        close(fd);
+      };
+      put("/proc/self/setgroups", "deny");
+      put("/proc/self/uid_map", uid_map);
+      put("/proc/self/gid_map", gid_map);
+    } else if (!root || unshare(CLONE_NEWNS) != 0) {
+      fail("create its namespaces");
+    }
+    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") != 0) {
+      fail("set up its mounts");
+    }
+  }
+  if (spec.ready_fd >= 0 && write(spec.ready_fd, "R", 1) != 1) {
+    fail("report");
+  }
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) {
+    _exit(127);  // guard is already gone
+  }
+  // Move the inherited descriptors out of the way, then into place.
+  std::vector<std::pair<int, int>> moved;
+  for (const auto& [from, to] : spec.fds) {
+    int high = fcntl(from, F_DUPFD_CLOEXEC, 64);
+    if (high < 0) {
+      fail("dup");
+    }
+    moved.emplace_back(high, to);
+  }
+  int out = spec.out_fd >= 0 ? fcntl(spec.out_fd, F_DUPFD_CLOEXEC, 64) : -1;
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null < 0 || dup2(null, 0) < 0 || dup2(out >= 0 ? out : null, 1) < 0 ||
+      dup2(out >= 0 ? out : null, 2) < 0) {
+    fail("set up stdio");
+  }
+  int max_fd = 2;
+  for (const auto& [high, to] : moved) {
+    if (dup2(high, to) < 0) {
+      fail("dup2");
+    }
+    max_fd = std::max(max_fd, to);
+  }
+  syscall(SYS_close_range, static_cast<unsigned>(max_fd + 1), ~0u, 0u);
+  execve(spec.path.c_str(), argv.data(), const_cast<char**>(envp));
+  fail("exec");
+  _exit(127);
+}
+
+// Process is a started helper and a pidfd that becomes readable when it dies.
+struct Process {
+  const char* name = "";
+  pid_t pid = -1;
+  Fd pidfd;
+  bool exited = false;
+  int status = 0;
+};
+
+Result<Fd> openPidfd(pid_t pid) {
+  int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) {
+    return ioError("pidfd_open", errno);
+  }
+  return Fd(fd);
+}
+
+// Terminal puts stdin's terminal in raw mode for the session and restores it.
+class Terminal {
+ public:
+  Terminal() {
+    if (isatty(0) && tcgetattr(0, &saved_) == 0) {
+      struct termios raw = saved_;
+      cfmakeraw(&raw);
+      raw.c_cc[VMIN] = 1;
+      raw.c_cc[VTIME] = 0;
+      raw_ = tcsetattr(0, TCSADRAIN, &raw) == 0;
+    }
+  }
+  ~Terminal() {
+    if (raw_) {
+      tcsetattr(0, TCSADRAIN, &saved_);
+    }
+  }
+  Terminal(const Terminal&) = delete;
+  Terminal& operator=(const Terminal&) = delete;
+
+ private:
+  struct termios saved_ {};
+  bool raw_ = false;
+};
+
+// Signals blocks the signals the session relays (so a signalfd sees them),
+// ignores SIGPIPE, and restores everything on destruction.
+class Signals {
+ public:
+  static constexpr int kRelayed[] = {SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH};
+  Signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < std::size(kRelayed); ++i) {
+      sigaddset(&set, kRelayed[i]);
+      // A blocked signal whose disposition is SIG_IGN is discarded: reset.
+      struct sigaction dfl {};
+      dfl.sa_handler = SIG_DFL;
+      sigaction(kRelayed[i], &dfl, &saved_[i]);
+    }
+    struct sigaction ign {};
+    ign.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &ign, &saved_pipe_);
+    sigprocmask(SIG_BLOCK, &set, &saved_mask_);
+    fd_.reset(signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  }
+  ~Signals() {
+    fd_.reset();
+    sigprocmask(SIG_SETMASK, &saved_mask_, nullptr);
+    for (size_t i = 0; i < std::size(kRelayed); ++i) {
+      sigaction(kRelayed[i], &saved_[i], nullptr);
+    }
+    sigaction(SIGPIPE, &saved_pipe_, nullptr);
+  }
+  Signals(const Signals&) = delete;
+  Signals& operator=(const Signals&) = delete;
+  int fd() const { return fd_.get(); }
+
+ private:
+  struct sigaction saved_[std::size(kRelayed)] {};
+  struct sigaction saved_pipe_ {};
+  sigset_t saved_mask_ {};
+  Fd fd_;
+};
+
+std::string winsizePayload() {
+  struct winsize ws {};
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (isatty(fd) && ioctl(fd, TIOCGWINSZ, &ws) == 0) {
+      break;
+    }
+  }
+  std::string p;
+  p.push_back(static_cast<char>(ws.ws_row & 0xff));
+  p.push_back(static_cast<char>(ws.ws_row >> 8));
+  p.push_back(static_cast<char>(ws.ws_col & 0xff));
+  p.push_back(static_cast<char>(ws.ws_col >> 8));
+  return p;
+}
+
+std::string encodeSpec(const VmSpec& spec) {
+  std::string out;
+  for (const std::string& a : spec.argv) {
+    wire::addSpecEntry(&out, 'A', a);
+  }
+  for (const std::string& e : spec.env) {
+    wire::addSpecEntry(&out, 'E', e);
+  }
+  wire::addSpecEntry(&out, 'C', spec.cwd);
+  wire::addSpecEntry(&out, 'H', spec.hostname);
+  unsigned ttys = 0;
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (isatty(fd)) {
+      ttys |= 1u << fd;
+    }
+  }
+  wire::addSpecEntry(&out, 'T', std::to_string(ttys));
+  if (ttys != 0) {
+    std::string w = winsizePayload();
+    unsigned rows = static_cast<uint8_t>(w[0]) | static_cast<uint8_t>(w[1]) << 8;
+    unsigned cols = static_cast<uint8_t>(w[2]) | static_cast<uint8_t>(w[3]) << 8;
+    wire::addSpecEntry(&out, 'W', std::to_string(rows) + " " + std::to_string(cols));
+  }
+  return out;
+}
+
+// vhostSocket makes the vhost-user connection between QEMU and virtiofsd:
+// a listening socket for virtiofsd (--fd) and QEMU's end, already
+// connected. The socket's name lives only for the moment between bind and
+// connect, in a fresh 0700 directory.
+Result<std::pair<Fd, Fd>> vhostSocket() {
+  const char* x = getenv("XDG_RUNTIME_DIR");
+  std::string base = x != nullptr && x[0] == '/' && access(x, W_OK) == 0 ? x : "/tmp";
+  std::string dir = base + "/guard-vm-XXXXXX";
+  if (mkdtemp(dir.data()) == nullptr) {
+    return ioError("mkdtemp " + dir, errno);
+  }
+  std::string path = dir + "/vhost.sock";
+  struct sockaddr_un addr {};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) {
+    rmdir(dir.c_str());
+    return Error(ErrorCode::kIo, "socket path too long: " + path);
+  }
+  memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  Fd listener(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  Fd client(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  int e = 0;
+  if (listener.get() < 0 || client.get() < 0 ||
+      bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      listen(listener.get(), 1) != 0 ||
+      connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    e = errno;
+  }
+  unlink(path.c_str());
+  rmdir(dir.c_str());
+  if (e != 0) {
+    return ioError("the vhost-user socket", e);
+  }
+  return std::make_pair(std::move(listener), std::move(client));
+}
+
+// Session is the running VM: its helpers, the control port and the relay.
+class Session {
+ public:
+  Session(const VmSpec& spec, const std::function<void()>& on_started,
+          const std::vector<pid_t>& watch, pid_t* died)
+      : spec_(spec), on_started_(on_started), watch_(watch), died_(died) {}
+  ~Session() { stop(); }
+
+  Result<int> run();
+
+ private:
+  Error start();
+  void stop();
+  Error loop();
+  Error handleFrames();
+  void relaySignal(int sig);
+  void readDiagnostics(int fd, Tail* tail, const char* prefix);
+  Error deathError(const Process& p);
+  void writeOutput(int fd, const std::string& data);
+
+  const VmSpec& spec_;
+  const std::function<void()>& on_started_;
+  const std::vector<pid_t>& watch_;
+  pid_t* died_;
+
+  Process qemu_;
+  Process virtiofsd_;
+  std::vector<Process> watched_;
+  Fd ctl_;       // our end of the control port
+  Fd console_;   // read end of the serial console's pipe
+  Fd diag_;      // read end of QEMU's and virtiofsd's stderr
+  Tail console_tail_;
+  Tail diag_tail_;
+  std::string in_;   // from the control port, not yet parsed
+  std::string out_;  // frames for the control port
+  bool stdin_open_ = true;
+  bool output_open_[3] = {false, true, true};
+  bool hello_ = false;
+  bool started_ = false;
+  bool exited_ = false;
+  int status_ = 0;
+  Error guest_error_;
+  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
+
+void Session::readDiagnostics(int fd, Tail* tail, const char* prefix) {
+  char buf[4096];
+  ssize_t n = read(fd, buf, sizeof(buf));
+  if (n <= 0) {
+    if (n == 0) {
+      (fd == console_.get() ? console_ : diag_).reset();
+    }
+    return;
+  }
+  tail->add(buf, static_cast<size_t>(n));
+  if (spdlog::should_log(spdlog::level::debug)) {
+    std::string text(buf, static_cast<size_t>(n));
+    size_t pos = 0;
+    while (pos < text.size()) {
+      size_t nl = text.find('\n', pos);
+      std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+      pos = nl == std::string::npos ? text.size() : nl + 1;
+      if (!line.empty() && line != "\r") {
+        spdlog::debug("{}{}", prefix, line);
+      }
+    }
+  }
+}
+
+Error Session::start() {
+  std::string dir = spec_.image_dir.empty() ? vmImageDir() : spec_.image_dir;
+  std::string kernel = dir + "/" + kKernel;
+  std::string initramfs = dir + "/" + kInitramfs;
+  for (const std::string& f : {kernel, initramfs}) {
+    if (access(f.c_str(), R_OK) != 0) {
+      return Error(ErrorCode::kNotFound,
+                   "the VM's guest kernel or initramfs is missing (" + f +
+                       "): run scripts/vm-prepare.sh (it takes Debian's cloud kernel with apt-get "
+                       "download and builds the initramfs; GUARD_VM_DIR chooses the folder)");
+    }
+  }
+  std::string qemu = findInPath(kQemu);
+  if (qemu.empty()) {
+    return Error(ErrorCode::kNotFound,
+                 std::string(kQemu) + " is not installed (Debian: qemu-system-x86; see "
+                                      "scripts/install-deps.sh)");
+  }
+  if (access(kVirtiofsd, X_OK) != 0) {
+    return Error(ErrorCode::kNotFound,
+                 std::string(kVirtiofsd) + " is not installed (Debian: qemu-system-common)");
+  }
+  std::string spec_payload = encodeSpec(spec_);
+  if (spec_payload.size() > wire::kMaxFrame) {
+    return Error(ErrorCode::kUsage, "the command line and environment are too large for the VM (" +
+                                        std::to_string(spec_payload.size()) +
+                                        " bytes; at most " + std::to_string(wire::kMaxFrame) + ")");
+  }
+  std::string kvm_reason;
+  bool kvm = kvmUsable(&kvm_reason);
+  if (!kvm) {
+    std::fprintf(stderr,
+                 "guard: warning: KVM is not usable (%s); the VM runs under TCG emulation, "
+                 "which is much slower\n",
+                 kvm_reason.c_str());
+  }
+
+  auto vhost = vhostSocket();
+  if (!vhost.ok()) {
+    return vhost.error();
+  }
+  Fd vfs_listen = std::move(vhost.value().first);
+  Fd vfs_client = std::move(vhost.value().second);
+  int ctl[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0) {
+    return ioError("socketpair", errno);
+  }
+  ctl_.reset(ctl[0]);
+  Fd ctl_qemu(ctl[1]);
+  int con[2];
+  int diag[2];
+  if (pipe2(con, O_CLOEXEC) != 0) {
+    return ioError("pipe", errno);
+  }
+  console_.reset(con[0]);
+  Fd con_qemu(con[1]);
+  if (pipe2(diag, O_CLOEXEC) != 0) {
+    return ioError("pipe", errno);
+  }
+  diag_.reset(diag[0]);
+  Fd diag_w(diag[1]);
+  for (int fd : {ctl_.get(), console_.get(), diag_.get()}) {
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  }
+
+  ChildSpec vfs;
+  vfs.path = kVirtiofsd;
+  vfs.argv = {"virtiofsd",
+              "--fd=" + std::to_string(kVirtiofsdListenFd),
+              "-o", "source=" + spec_.root,
+              // chroot(2) into the view; its own namespaces come from spawnChild.
+              "-o", "sandbox=chroot",
+              "-o", "cache=auto",
+              "-o", "log_level=warn",
+              "--rlimit-nofile=0"};
+  vfs.fds = {{vfs_listen.get(), kVirtiofsdListenFd}};
+  vfs.out_fd = diag_w.get();
+  vfs.user_namespace = true;
+  int ready[2];
+  if (pipe2(ready, O_CLOEXEC) != 0) {
+    return ioError("pipe", errno);
+  }
+  Fd ready_r(ready[0]);
+  Fd ready_w(ready[1]);
+  vfs.ready_fd = ready_w.get();
+  auto vpid = spawnChild(vfs);
+  if (!vpid.ok()) {
+    return vpid.error();
+  }
+  virtiofsd_.name = "virtiofsd";
+  virtiofsd_.pid = vpid.value();
+  vfs_listen.reset();
+  ready_w.reset();
+  // Once virtiofsd's mount namespace holds its own copy of the view, the
+  // view's host mount may go: as in host mode, early, so that no host
+  // process (the view's own scan included) walks into it for long.
+  char byte = 0;
+  ssize_t got;
+  while ((got = read(ready_r.get(), &byte, 1)) < 0 && errno == EINTR) {
+  }
+  if (got != 1) {
+    char buf[512];
+    ssize_t n = read(diag_.get(), buf, sizeof(buf));
+    return Error(ErrorCode::kIo,
+                 "virtiofsd could not start" +
+                     (n > 0 ? ": " + std::string(buf, static_cast<size_t>(n)) : std::string()));
+  }
+  on_started_();
+
+  std::string mem = std::to_string(spec_.memory_mib) + "M";
+  std::string append = "console=ttyS0 quiet panic=-1 rdinit=/init cryptomgr.notests";
+  if (!kvm) {
+    if (unsigned long khz = hostTscKhz(); khz != 0) {
+      append += " tsc_early_khz=" + std::to_string(khz);
+    }
+  }
+  ChildSpec q;
+  q.path = qemu;
+  q.argv = {"qemu-system-x86_64",
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            // QEMU's own seccomp filter: no fork/exec, no privilege changes.
+            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            "-M", "microvm,acpi=on,x-option-roms=off,memory-backend=guard.mem",
+            "-accel", kvm ? "kvm" : "tcg",
+            "-cpu", kvm ? "host" : "max",
+            "-m", mem,
+            "-smp", std::to_string(spec_.cpus),
+            // virtiofs needs guest memory that virtiofsd can map.
+            "-object", "memory-backend-memfd,id=guard.mem,size=" + mem + ",share=on",
+            "-global", "virtio-mmio.force-legacy=false",
+            "-kernel", kernel,
+            "-initrd", initramfs,
+            "-append", append,
+            "-chardev", "socket,id=vfs,fd=" + std::to_string(kQemuVfsFd),
+            "-device", std::string("vhost-user-fs-device,chardev=vfs,tag=") + wire::kRootTag,
+            "-device", "virtio-serial-device,max_ports=2",
+            "-chardev", "socket,id=ctl,fd=" + std::to_string(kQemuCtlFd),
+            "-device", std::string("virtserialport,chardev=ctl,name=") + wire::kPortName,
+            "-chardev", "file,id=con,path=/proc/self/fd/" + std::to_string(kQemuConsoleFd),
+            "-serial", "chardev:con",
+            // Fail closed: no network device at all in this version (the
+            // guest's network through guard's proxy comes next).
+            "-nic", "none"};
+  q.fds = {{vfs_client.get(), kQemuVfsFd}, {ctl_qemu.get(), kQemuCtlFd},
+           {con_qemu.get(), kQemuConsoleFd}};
+  q.out_fd = diag_w.get();
+  auto qpid = spawnChild(q);
+  if (!qpid.ok()) {
+    return qpid.error();
+  }
+  qemu_.name = "QEMU";
+  qemu_.pid = qpid.value();
+  spdlog::debug("vm: started virtiofsd (pid {}) and QEMU (pid {}, {}, {} MiB, {} cpu)",
+                virtiofsd_.pid, qemu_.pid, kvm ? "kvm" : "tcg", spec_.memory_mib, spec_.cpus);
+
+  for (Process* p : {&virtiofsd_, &qemu_}) {
+    auto fd = openPidfd(p->pid);
+    if (!fd.ok()) {
+      return fd.error();
+    }
+    p->pidfd = std::move(fd.value());
+  }
+  for (pid_t pid : watch_) {
+    auto fd = openPidfd(pid);
+    if (!fd.ok()) {
+      return fd.error();
+    }
+    Process w;
+    w.name = "watched";
+    w.pid = pid;
+    w.pidfd = std::move(fd.value());
+    watched_.push_back(std::move(w));
+  }
+  wire::appendFrame(&out_, Frame::kSpec, spec_payload);
+  return Error();
+}
+
+void Session::stop() {
+  for (Process* p : {&qemu_, &virtiofsd_}) {
+    if (p->pid > 0 && !p->exited) {
+      kill(p->pid, SIGKILL);
+      while (waitpid(p->pid, &p->status, 0) < 0 && errno == EINTR) {
+      }
+      p->exited = true;
+    }
+  }
+}
+
+void Session::writeOutput(int fd, const std::string& data) {
+  if (!output_open_[fd]) {
+    return;
+  }
+  if (!writeAll(fd, data.data(), data.size())) {
+    // The reader is gone: tell the guest, whose command then gets EPIPE.
+    output_open_[fd] = false;
+    wire::appendFrame(&out_, Frame::kCloseOutput, std::string(1, static_cast<char>(fd)));
+  }
+}
+
+Error Session::handleFrames() {
+  for (;;) {
+    Frame type;
+    std::string payload;
+    wire::ParseResult r = wire::takeFrame(&in_, &type, &payload);
+    if (r == wire::ParseResult::kNeedMore) {
+      return Error();
+    }
+    if (r == wire::ParseResult::kTooLarge) {
+      return Error(ErrorCode::kIo, "the guest broke the control protocol (oversized frame)");
+    }
+    auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_)
+                  .count();
+    switch (type) {
+      case Frame::kHello:
+        if (!hello_) {
+          hello_ = true;
+          spdlog::debug("vm: {:.0f} ms: the guest booted", ms);
+        }
+        break;
+      case Frame::kStarted:
+        started_ = true;
+        spdlog::debug("vm: {:.0f} ms: the command started", ms);
+        break;
+      case Frame::kStdout:
+        writeOutput(1, payload);
+        break;
+      case Frame::kStderr:
+        writeOutput(2, payload);
+        break;
+      case Frame::kExit:
+        if (payload.size() == 4) {
+          status_ = static_cast<int>(wire::getLe32(payload.data()));
+          exited_ = true;
+          spdlog::debug("vm: {:.0f} ms: the command exited with {}", ms, status_);
+        }
+        break;
+      case Frame::kError:
+        guest_error_ = Error(ErrorCode::kIo, payload);
+        break;
+      case Frame::kSpec:
+      case Frame::kStdin:
+      case Frame::kWinsize:
+      case Frame::kSignal:
+      case Frame::kCloseOutput:
+        break;
+    }
+  }
+}
+
+void Session::relaySignal(int sig) {
+  if (sig == SIGWINCH) {
+    wire::appendFrame(&out_, Frame::kWinsize, winsizePayload());
+    return;
+  }
+  wire::appendFrame(&out_, Frame::kSignal, std::string(1, static_cast<char>(sig)));
+}
+
+Error Session::deathError(const Process& p) {
+  std::string how = WIFEXITED(p.status)
+                        ? "exited with status " + std::to_string(WEXITSTATUS(p.status))
+                        : std::string("was killed by signal ") + strsignal(WTERMSIG(p.status));
+  std::string msg = std::string(p.name) + " " + how + " before the command finished";
+  std::string diag = diag_tail_.lastLines(3);
+  std::string console = console_tail_.lastLines(3);
+  if (!diag.empty()) {
+    msg += "\n  " + diag;
+  }
+  if (!console.empty()) {
+    msg += "\n  guest console: " + console;
+  }
+  return Error(ErrorCode::kIo, msg);
+}
+
+Error Session::loop() {
+  Signals signals;
+  Terminal terminal;
+  char buf[kReadChunk];
+  auto boot_deadline = t0_ + std::chrono::milliseconds(kBootTimeoutMs);
+  while (!exited_ && guest_error_.ok()) {
+    std::vector<struct pollfd> pfds;
+    auto add = [&](int fd, short events) {
+      pfds.push_back({fd, events, 0});
+      return pfds.size() - 1;
+    };
+    size_t i_sig = add(signals.fd(), POLLIN);
+    size_t i_ctl = add(ctl_.get(), static_cast<short>(POLLIN | (out_.empty() ? 0 : POLLOUT)));
+    size_t i_in = add(stdin_open_ && out_.size() < kStdinHighWater ? 0 : -1, POLLIN);
+    size_t i_con = add(console_.get(), POLLIN);
+    size_t i_diag = add(diag_.get(), POLLIN);
+    size_t i_qemu = add(qemu_.pidfd.get(), POLLIN);
+    size_t i_vfs = add(virtiofsd_.pidfd.get(), POLLIN);
+    size_t i_watch = pfds.size();
+    for (const Process& w : watched_) {
+      add(w.pidfd.get(), POLLIN);
+    }
+    int timeout = -1;
+    if (!hello_) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      boot_deadline - std::chrono::steady_clock::now())
+                      .count();
+      if (left <= 0) {
+        return Error(ErrorCode::kIo,
+                     "the VM did not boot within " + std::to_string(kBootTimeoutMs / 1000) +
+                         " s" +
+                         (console_tail_.text.empty()
+                              ? std::string()
+                              : "\n  guest console: " + console_tail_.lastLines(3)));
+      }
+      timeout = static_cast<int>(left);
+    }
+    if (poll(pfds.data(), pfds.size(), timeout) < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return ioError("poll", errno);
+    }
+    // Diagnostics first, so a death below can quote them.
+    if (pfds[i_con].revents != 0) {
+      readDiagnostics(console_.get(), &console_tail_, "guest: ");
+    }
+    if (pfds[i_diag].revents != 0) {
+      readDiagnostics(diag_.get(), &diag_tail_, "vm: ");
+    }
+    if (pfds[i_ctl].revents & (POLLIN | POLLHUP | POLLERR)) {
+      ssize_t n = read(ctl_.get(), buf, sizeof(buf));
+      if (n > 0) {
+        in_.append(buf, static_cast<size_t>(n));
+        if (Error e = handleFrames(); !e.ok()) {
+          return e;
+        }
+        if (exited_ || !guest_error_.ok()) {
+          break;
+        }
+      } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        // QEMU closed its end: it is exiting; its pidfd says why.
+        ctl_.reset();
+      }
+    }
+    if ((pfds[i_ctl].revents & POLLOUT) && !out_.empty()) {
+      ssize_t n = write(ctl_.get(), out_.data(), out_.size());
+      if (n > 0) {
+        out_.erase(0, static_cast<size_t>(n));
+      }
+    }
+    if (pfds[i_in].revents != 0) {
+      ssize_t n = (pfds[i_in].revents & POLLNVAL) ? 0 : read(0, buf, sizeof(buf));
+      if (n > 0) {
+        wire::appendFrame(&out_, Frame::kStdin, std::string_view(buf, static_cast<size_t>(n)));
+      } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        stdin_open_ = false;
+        wire::appendFrame(&out_, Frame::kStdin, "");
+      }
+    }
+    if (pfds[i_sig].revents != 0) {
+      struct signalfd_siginfo si;
+      while (read(signals.fd(), &si, sizeof(si)) == sizeof(si)) {
+        int sig = static_cast<int>(si.ssi_signo);
+        if (!started_ && sig != SIGWINCH) {
+          // Nothing to relay to yet: the session ends as the command would.
+          status_ = 128 + sig;
+          return Error();
+        }
+        relaySignal(sig);
+      }
+    }
+    for (size_t k = 0; k < watched_.size(); ++k) {
+      if (pfds[i_watch + k].revents != 0) {
+        if (died_ != nullptr) {
+          *died_ = watched_[k].pid;
+        }
+        status_ = 128 + SIGKILL;
+        return Error();
+      }
+    }
+    for (auto [idx, p] : {std::pair{i_qemu, &qemu_}, std::pair{i_vfs, &virtiofsd_}}) {
+      if (pfds[idx].revents != 0 && !p->exited) {
+        // Take what it said on its way out, then why it ended.
+        while (diag_.get() >= 0 && read(diag_.get(), buf, sizeof(buf)) > 0) {
+        }
+        waitpid(p->pid, &p->status, 0);
+        p->exited = true;
+        // The guest may have reported its status just before QEMU went.
+        while (ctl_.get() >= 0) {
+          ssize_t n = read(ctl_.get(), buf, sizeof(buf));
+          if (n <= 0) {
+            break;
+          }
+          in_.append(buf, static_cast<size_t>(n));
+        }
+        if (Error e = handleFrames(); !e.ok()) {
+          return e;
+        }
+        if (exited_ || !guest_error_.ok()) {
+          break;
+        }
+        while (console_.get() >= 0 && read(console_.get(), buf, sizeof(buf)) > 0) {
+        }
+        return deathError(*p);
+      }
+    }
+  }
+  if (!guest_error_.ok()) {
+    return guest_error_;
+  }
+  return Error();
+}
+
+Result<int> Session::run() {
+  if (Error e = start(); !e.ok()) {
+    return e;
+  }
+  // loop returns 128+N for a signal that arrives before the command starts.
+  Result<int> r = [&]() -> Result<int> {
+    Error e = loop();
+    return e.ok() ? Result<int>(status_) : Result<int>(e);
+  }();
+  stop();
+  return r;
+}
+
+}  // namespace
+
+std::string vmImageDir() {
+  const char* env = getenv("GUARD_VM_DIR");
+  if (env != nullptr && env[0] != '\0') {
+    return env;
+  }
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  std::string dir = n > 0 ? std::string(exe, static_cast<size_t>(n)) : std::string();
+  size_t slash = dir.rfind('/');
+  dir = slash == std::string::npos ? "." : dir.substr(0, slash);
+  return dir + "/vm";
+}
+
+bool kvmUsable(std::string* reason) {
+  Fd kvm(open("/dev/kvm", O_RDWR | O_CLOEXEC));
+  if (kvm.get() < 0) {
+    *reason = std::string("/dev/kvm: ") + strerror(errno);
+    return false;
+  }
+  int version = ioctl(kvm.get(), KVM_GET_API_VERSION, 0);
+  if (version != KVM_API_VERSION) {
+    *reason = "/dev/kvm speaks API version " + std::to_string(version);
+    return false;
+  }
+  Fd vm(ioctl(kvm.get(), KVM_CREATE_VM, 0));
+  if (vm.get() < 0) {
+    *reason = std::string("cannot create a KVM VM: ") + strerror(errno);
+    return false;
+  }
+  return true;
+}
+
+Result<int> runVm(const VmSpec& spec, const std::function<void()>& on_started,
+                  const std::vector<pid_t>& watch, pid_t* died) {
+  Session session(spec, on_started, watch, died);
+  return session.run();
+}
+
+}  // namespace guard::vmhost

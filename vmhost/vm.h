@@ -1,0 +1,62 @@
+// VM mode: runs the session's command in a QEMU microvm whose root
+// filesystem is the filesystem view, exported to the guest with virtiofsd.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <sys/types.h>
+#include <vector>
+
+#include "policy/error.h"
+
+namespace guard::vmhost {
+
+struct VmSpec {
+  std::vector<std::string> argv;  // argv[0] is looked up in the PATH of `env`, inside the guest
+  std::vector<std::string> env;   // the command's whole environment
+  std::string cwd;                // absolute, inside the view
+  std::string root;               // host path where the filesystem view is mounted
+  std::string hostname = "guard";
+  unsigned memory_mib = 1024;
+  unsigned cpus = 1;
+  // image_dir holds vmlinux and initramfs.cpio (scripts/vm-prepare.sh);
+  // empty: vmImageDir().
+  std::string image_dir;
+};
+
+// vmImageDir is where guard looks for the guest kernel and initramfs:
+// $GUARD_VM_DIR, else the `vm` folder next to the guard binary (build/vm,
+// where scripts/vm-prepare.sh puts them by default).
+std::string vmImageDir();
+
+// runVm boots the VM, runs SPEC's command in it with the caller's stdin,
+// stdout and stderr passed through (a terminal is put in raw mode and the
+// command gets a pseudo-terminal), and waits for it. Returns the command's
+// exit status (128+N when killed by signal N), or an Error with one clear
+// line: the kernel or initramfs missing (naming scripts/vm-prepare.sh),
+// QEMU or virtiofsd failing to start or dying, the guest failing to set up
+// or to start the command. QEMU and virtiofsd are always stopped before
+// runVm returns.
+//
+// ON_STARTED runs in the calling process once virtiofsd's own mount
+// namespace holds the view, before the VM boots (the caller may then detach
+// the view's host mount).
+//
+// The guest has no network device: nothing leaves the VM except through
+// the view and the control port. (Networking through guard's proxy is the
+// next milestone.)
+//
+// WATCH lists processes the VM depends on (the view's, the proxy's): if one
+// dies first, the VM is stopped (fail closed), *DIED is set to its pid and
+// the status is 128+SIGKILL. They are left unreaped for their owner.
+//
+// Call it from the main thread of a process with no other threads (QEMU and
+// virtiofsd die with the thread that started them).
+Result<int> runVm(const VmSpec& spec, const std::function<void()>& on_started,
+                  const std::vector<pid_t>& watch = {}, pid_t* died = nullptr);
+
+// kvmUsable probes, by trying (opening /dev/kvm and creating a VM), whether
+// QEMU can use KVM here; on false REASON says why.
+bool kvmUsable(std::string* reason);
+
+}  // namespace guard::vmhost
