@@ -131,6 +131,7 @@ ifeq ($(SAN),)
 	$(MAKE) bench-smoke > /dev/null
 	bench/host/run.sh --smoke --guard $(GUARD) > /dev/null
 	$(MAKE) bench-proxy-smoke > /dev/null
+	$(MAKE) bench-mcp-smoke > /dev/null
 endif
 	GUARD_BIN=$(abspath $(GUARD)) $(TESTS)
 
@@ -162,5 +163,7 @@ clean:
 # The network fixtures (tests/net/) and the proxy benchmark's load generator.
 -include tests/net/module.mk
 -include bench/proxy/module.mk
+# The MCP governance benchmark (shim overhead, tools/call round trip).
+-include bench/mcp/module.mk
 # VM mode: the guest init and the guest image (make vm-image; make check runs it).
 -include vmhost/module.mk
