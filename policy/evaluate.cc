@@ -573,8 +573,6 @@ std::string_view Policy::mcpServerForCommand(std::span<const std::string> argv) 
   if (argv.empty()) {
     return {};
   }
-  std::vector<std::string> by_name(argv.begin(), argv.end());
-  by_name[0] = std::string(lastComponent(argv[0]));
   // The latest layer's entry for a name is the one that counts, so search
   // from the top layer down.
   for (size_t i = c_->layers.size(); i-- > 0;) {
@@ -582,8 +580,12 @@ std::string_view Policy::mcpServerForCommand(std::span<const std::string> argv) 
       if (s.command.empty()) {
         continue;
       }
-      bool named = s.command[0].find('/') == std::string::npos;
-      if (argvMatch(s.command, named ? std::span<const std::string>(by_name) : argv)) {
+      std::span<const std::string> pattern(s.command);
+      bool named = pattern[0] != "**" && pattern[0].find('/') == std::string::npos;
+      bool match = named ? globMatch(pattern[0], lastComponent(argv[0])) &&
+                               argvMatch(pattern.subspan(1), argv.subspan(1))
+                         : argvMatch(pattern, argv);
+      if (match) {
         return s.name;
       }
     }
