@@ -650,6 +650,7 @@ void Relay::reapChildren() {
 }
 
 int Relay::run() {
+  handleFrames();  // what came with the spec (early stdin)
   for (;;) {
     bool outputs_open = false;
     for (const Stream& s : io_.outputs) {

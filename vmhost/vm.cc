@@ -227,6 +227,10 @@ struct ChildSpec {
   int out_fd = -1;                       // stdout and stderr
   bool user_namespace = false;           // virtiofsd: own user + mount namespace
   int ready_fd = -1;  // gets one byte once the child's namespaces are set up
+  // cover: directories (absolute, in the child's mount namespace) that get
+  // an empty read-only tmpfs of their own, so virtiofsd serves them as
+  // distinct inodes (see the call).
+  std::vector<std::string> cover;
 };
 
 // spawnChild forks and execs SPEC in a process group of its own with a clean
@@ -291,6 +295,12 @@ Result<pid_t> spawnChild(const ChildSpec& spec) {
     if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
         mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") != 0) {
       fail("set up its mounts");
+    }
+    for (const std::string& dir : spec.cover) {
+      if (mount("tmpfs", dir.c_str(), "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                "size=4k,mode=0555") != 0) {
+        fail("cover a mount point of the view");
+      }
     }
   }
   if (spec.ready_fd >= 0 && write(spec.ready_fd, "R", 1) != 1) {
@@ -634,6 +644,17 @@ Error Session::start() {
   vfs.fds = {{vfs_listen.get(), kVirtiofsdListenFd}};
   vfs.out_fd = diag_w.get();
   vfs.user_namespace = true;
+  // The view serves its synthetic /proc, /dev and /sys as one and the same
+  // empty directory (one inode number). virtiofsd keys its inodes by
+  // (st_ino, st_dev, mount), so the guest would see one directory under
+  // three names, and its mounts on them would collapse into one. The guest
+  // mounts its own on each; an empty tmpfs apiece in virtiofsd's namespace
+  // keeps them apart. (Other inode numbers the view passes through from
+  // different host filesystems can collide the same way: the view must
+  // hand out unique ones.)
+  for (const char* synthetic : {"/proc", "/dev", "/sys"}) {
+    vfs.cover.push_back(spec_.root + synthetic);
+  }
   int ready[2];
   if (pipe2(ready, O_CLOEXEC) != 0) {
     return ioError("pipe", errno);

@@ -1,0 +1,426 @@
+// Integration tests for VM mode: `guard --vm -- CMD` boots a real QEMU
+// microvm (TCG where there is no KVM) rooted in the policy view, judged from
+// outside: exit status, the stdout and stderr guard passes on, the host's
+// files afterwards and the audit log.
+//
+// Each boot costs seconds under TCG, so the tests boot three times in all:
+// one script that checks most things at once, one session on a
+// pseudo-terminal (Ctrl-C reaches the command), one command that does not
+// exist. A fourth case needs no boot (the guest image missing).
+//
+// The tests need QEMU, virtiofsd and the guest image (scripts/install-deps.sh,
+// then scripts/vm-prepare.sh, which `make check` runs). Without them they
+// fail, except outside CI, where they skip with the reason.
+//
+// Tags [integration][vm].
+#include <fcntl.h>
+#include <poll.h>
+#include <pty.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/testing.h"
+
+namespace guard::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr char kSecret[] = "GUARD-VM-CANARY-SECRET-71c2";
+constexpr char kRoCanary[] = "GUARD-VM-CANARY-READONLY-5d0e\n";
+constexpr char kPath[] = "/usr/local/bin:/usr/bin:/bin";
+constexpr int kTimeoutMs = 90000;  // one TCG boot and a command, with margin
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::string guardPath() {
+  std::string b = guardBinary();
+  return !b.empty() && b[0] != '/' ? fs::absolute(b).string() : b;
+}
+
+void writeText(const std::string& path, const std::string& text, int mode = 0644) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << text;
+  f.close();
+  REQUIRE(chmod(path.c_str(), static_cast<mode_t>(mode)) == 0);
+}
+
+std::string describe(const Run& r) {
+  return "status " + std::to_string(r.status) + "\n--- stdout\n" + r.out + "--- stderr\n" + r.err;
+}
+
+// vmMissing says why VM mode cannot run here, or "" when it can.
+std::string vmMissing() {
+  if (access("/usr/lib/qemu/virtiofsd", X_OK) != 0) {
+    return "virtiofsd is not installed (qemu-system-common; scripts/install-deps.sh)";
+  }
+  Run q = runProgram({"sh", "-c", "command -v qemu-system-x86_64"}, "",
+                     {std::string("PATH=") + kPath});
+  if (q.status != 0) {
+    return "qemu-system-x86_64 is not installed (scripts/install-deps.sh)";
+  }
+  const char* env = getenv("GUARD_VM_DIR");
+  std::string dir = env != nullptr && env[0] != '\0'
+                        ? std::string(env)
+                        : fs::path(guardPath()).parent_path().string() + "/vm";
+  if (access((dir + "/vmlinux").c_str(), R_OK) != 0 ||
+      access((dir + "/initramfs.cpio").c_str(), R_OK) != 0) {
+    return "the guest image is missing in " + dir + " (run scripts/vm-prepare.sh)";
+  }
+  return "";
+}
+
+// GUARD_VM_REQUIRE skips outside CI and fails on CI when VM mode cannot run.
+#define GUARD_VM_REQUIRE()                                    \
+  do {                                                        \
+    std::string missing_ = vmMissing();                       \
+    if (!missing_.empty()) {                                  \
+      const char* ci_ = getenv("CI");                         \
+      if (ci_ != nullptr && ci_[0] != '\0') {                 \
+        FAIL("VM mode cannot run on CI: " << missing_);       \
+      }                                                       \
+      GUARD_SKIP(missing_);                                   \
+    }                                                         \
+  } while (0)
+
+// Runner: a child in its own process group, stdin fed then closed, stdout
+// and stderr collected, killed at the deadline.
+Run runFed(const std::vector<std::string>& argv, const std::string& cwd,
+           const std::vector<std::string>& env, const std::string& input) {
+  Run r;
+  int in[2];
+  int out[2];
+  int err[2];
+  REQUIRE(pipe2(in, O_CLOEXEC) == 0);
+  REQUIRE(pipe2(out, O_CLOEXEC) == 0);
+  REQUIRE(pipe2(err, O_CLOEXEC) == 0);
+  std::vector<char*> args;
+  for (const std::string& a : argv) {
+    args.push_back(const_cast<char*>(a.c_str()));
+  }
+  args.push_back(nullptr);
+  std::vector<char*> envp;
+  for (const std::string& e : env) {
+    envp.push_back(const_cast<char*>(e.c_str()));
+  }
+  envp.push_back(nullptr);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    setpgid(0, 0);
+    dup2(in[0], 0);
+    dup2(out[1], 1);
+    dup2(err[1], 2);
+    if (chdir(cwd.c_str()) != 0) {
+      _exit(126);
+    }
+    execve(args[0], args.data(), envp.data());
+    _exit(127);
+  }
+  close(in[0]);
+  close(out[1]);
+  close(err[1]);
+  signal(SIGPIPE, SIG_IGN);
+  size_t fed = 0;
+  int in_fd = in[1];
+  fcntl(in_fd, F_SETFL, O_NONBLOCK);
+  if (input.empty()) {
+    close(in_fd);
+    in_fd = -1;
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kTimeoutMs);
+  bool out_open = true;
+  bool err_open = true;
+  while (out_open || err_open) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now())
+                    .count();
+    if (left <= 0) {
+      kill(-pid, SIGKILL);
+      r.err += "\n[test: killed at the deadline]\n";
+      break;
+    }
+    struct pollfd p[3] = {{out_open ? out[0] : -1, POLLIN, 0},
+                          {err_open ? err[0] : -1, POLLIN, 0},
+                          {in_fd, POLLOUT, 0}};
+    if (poll(p, 3, static_cast<int>(left)) < 0) {
+      continue;
+    }
+    char buf[4096];
+    for (int i = 0; i < 2; ++i) {
+      if (p[i].revents != 0) {
+        ssize_t n = read(i == 0 ? out[0] : err[0], buf, sizeof(buf));
+        if (n > 0) {
+          (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
+        } else {
+          (i == 0 ? out_open : err_open) = false;
+        }
+      }
+    }
+    if (in_fd >= 0 && p[2].revents != 0) {
+      ssize_t n = write(in_fd, input.data() + fed, input.size() - fed);
+      if (n > 0) {
+        fed += static_cast<size_t>(n);
+      }
+      if (n < 0 || fed == input.size()) {
+        close(in_fd);
+        in_fd = -1;
+      }
+    }
+  }
+  if (in_fd >= 0) {
+    close(in_fd);
+  }
+  close(out[0]);
+  close(err[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+// VmWorkspace: a project (read-write, the working directory), a hidden
+// secret and a read-only canary, below /var/tmp.
+class VmWorkspace {
+ public:
+  VmWorkspace() {
+    std::string dir = access("/var/tmp", W_OK | X_OK) == 0 ? "/var/tmp" : "/tmp";
+    std::string tmpl = dir + "/guard-vm-test-XXXXXX";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    REQUIRE(mkdtemp(buf.data()) != nullptr);
+    base = buf.data();
+    REQUIRE(chmod(base.c_str(), 0755) == 0);
+    project = base + "/project";
+    fs::create_directories(project);
+    secret = base + "/secret/key";
+    ro = base + "/ro/canary";
+    policy = base + "/policy.yaml";
+    audit = base + "/audit.jsonl";
+    writeText(secret, std::string(kSecret) + "\n");
+    writeText(ro, kRoCanary);
+    writeText(policy,
+              "version: 1\n"
+              "layer: vm-test\n"
+              "filesystem:\n"
+              "  default: hidden\n"
+              "  rules:\n"
+              "    - id: vm-test.system\n"
+              "      read-only: [/usr, /bin, /lib, /lib64, /etc]\n"
+              "    - id: vm-test.project\n"
+              "      read-write: [\"{project}\"]\n"
+              "    - id: vm-test.secret\n"
+              "      hidden: [\"" + base + "/secret\"]\n"
+              "    - id: vm-test.readonly\n"
+              "      read-only: [\"" + base + "/ro\"]\n"
+              "env:\n"
+              "  default: deny\n"
+              "  set: {GUARD_SET: from-policy}\n"
+              "  rules:\n"
+              "    - allow: [PATH, HOME, LANG]\n");
+  }
+  ~VmWorkspace() {
+    std::error_code ec;
+    fs::remove_all(base, ec);
+  }
+  VmWorkspace(const VmWorkspace&) = delete;
+  VmWorkspace& operator=(const VmWorkspace&) = delete;
+
+  std::vector<std::string> env(const std::vector<std::string>& extra = {}) const {
+    std::vector<std::string> e = {std::string("PATH=") + kPath,
+                                  "HOME=" + project,
+                                  "LANG=C",
+                                  "GUARD_SYSTEM_DIR=" + base + "/etc-guard",
+                                  "XDG_CONFIG_HOME=" + base + "/xdg",
+                                  std::string("FOO_SECRET=") + kSecret};
+    e.insert(e.end(), extra.begin(), extra.end());
+    return e;
+  }
+
+  std::vector<std::string> argv(const std::vector<std::string>& cmd) const {
+    std::vector<std::string> a = {guardPath(), "--vm", "--vm-memory", "512", "--policy", policy,
+                                  "--audit", audit, "--"};
+    a.insert(a.end(), cmd.begin(), cmd.end());
+    return a;
+  }
+
+  std::vector<nlohmann::json> auditEvents() const {
+    std::vector<nlohmann::json> out;
+    std::istringstream in(readFile(audit));
+    std::string l;
+    while (std::getline(in, l)) {
+      auto j = nlohmann::json::parse(l, nullptr, false);
+      if (!j.is_discarded()) {
+        out.push_back(j);
+      }
+    }
+    return out;
+  }
+
+  std::string base;
+  std::string project;
+  std::string secret;
+  std::string ro;
+  std::string policy;
+  std::string audit;
+};
+
+TEST_CASE("vm: the command runs in the view with the policy's environment and its status",
+          "[integration][vm]") {
+  GUARD_VM_REQUIRE();
+  VmWorkspace w;
+  // One boot checks many things; each line of output is judged below, the
+  // files from the host.
+  std::string script =
+      "pwd; echo \"set=$GUARD_SET\"; echo \"foo=${FOO_SECRET:-unset}\"\n"
+      "echo to-stdout; echo to-stderr >&2\n"
+      "cat > stdin.txt\n"
+      "ls '" + w.base + "/secret' >/dev/null 2>&1 && echo SECRET-DIR-VISIBLE\n"
+      "cat '" + w.secret + "' 2>/dev/null\n"
+      "echo overwritten 2>/dev/null > '" + w.ro + "' && echo RO-WRITTEN\n"
+      "rm -f '" + w.ro + "' 2>/dev/null; mv '" + w.ro + "' ro-moved 2>/dev/null\n"
+      "test -d /proc/self && echo proc-ok\n"
+      "echo made-in-vm > made.txt\n"
+      "exit 7\n";
+  Run r = runFed(w.argv({"sh", "-c", script}), w.project, w.env(), "line one\nline two\n");
+  INFO(describe(r));
+  CHECK(r.status == 7);
+  CHECK(contains(r.out, w.project + "\n"));
+  CHECK(contains(r.out, "set=from-policy\n"));
+  CHECK(contains(r.out, "foo=unset\n"));
+  CHECK(contains(r.out, "to-stdout\n"));
+  CHECK_FALSE(contains(r.out, "to-stderr"));
+  CHECK(contains(r.err, "to-stderr\n"));
+  CHECK(contains(r.out, "proc-ok\n"));
+  // stdin reached the command, EOF included (cat ended); a write landed.
+  CHECK(readFile(w.project + "/stdin.txt") == "line one\nline two\n");
+  CHECK(readFile(w.project + "/made.txt") == "made-in-vm\n");
+  // The hidden file is absent, the read-only one unchanged (judged here).
+  CHECK_FALSE(contains(r.out, "SECRET-DIR-VISIBLE"));
+  CHECK_FALSE(contains(r.out, kSecret));
+  CHECK_FALSE(contains(r.err, kSecret));
+  CHECK_FALSE(contains(r.out, "RO-WRITTEN"));
+  CHECK(readFile(w.ro) == kRoCanary);
+  CHECK_FALSE(fs::exists(w.project + "/ro-moved"));
+
+  bool start = false;
+  bool ended = false;
+  for (const auto& e : w.auditEvents()) {
+    if (e.value("surface", "") != "session") {
+      continue;
+    }
+    if (e.value("action", "") == "start") {
+      start = true;
+      CHECK(e["details"].value("mode", "") == "vm");
+    } else if (e.value("action", "") == "exit") {
+      ended = true;
+      CHECK(e["details"].value("mode", "") == "vm");
+      CHECK(e["details"].value("exit_code", -1) == 7);
+    }
+  }
+  CHECK(start);
+  CHECK(ended);
+}
+
+TEST_CASE("vm: on a terminal the command gets one, and Ctrl-C reaches it, not QEMU",
+          "[integration][vm]") {
+  GUARD_VM_REQUIRE();
+  VmWorkspace w;
+  std::vector<std::string> argv = w.argv(
+      {"sh", "-c",
+       "trap 'echo got-sigint; exit 3' INT; test -t 0 && test -t 1 && echo on-a-tty; "
+       "echo ready; while :; do sleep 0.2; done"});
+  std::vector<std::string> env = w.env();
+  std::vector<char*> args;
+  for (const std::string& a : argv) {
+    args.push_back(const_cast<char*>(a.c_str()));
+  }
+  args.push_back(nullptr);
+  std::vector<char*> envp;
+  for (const std::string& e : env) {
+    envp.push_back(const_cast<char*>(e.c_str()));
+  }
+  envp.push_back(nullptr);
+  int master = -1;
+  struct winsize ws = {};
+  ws.ws_row = 30;
+  ws.ws_col = 100;
+  pid_t pid = forkpty(&master, nullptr, nullptr, &ws);
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    if (chdir(w.project.c_str()) != 0) {
+      _exit(126);
+    }
+    execve(args[0], args.data(), envp.data());
+    _exit(127);
+  }
+  std::string out;
+  bool sent = false;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kTimeoutMs);
+  while (std::chrono::steady_clock::now() < deadline) {
+    struct pollfd p = {master, POLLIN, 0};
+    if (poll(&p, 1, 200) > 0) {
+      char buf[4096];
+      ssize_t n = read(master, buf, sizeof(buf));
+      if (n <= 0) {
+        break;  // EIO: guard and everything on the terminal is gone
+      }
+      out.append(buf, static_cast<size_t>(n));
+    }
+    if (!sent && contains(out, "ready")) {
+      sent = true;
+      REQUIRE(write(master, "\x03", 1) == 1);  // what the terminal sends for Ctrl-C
+    }
+  }
+  int status = 0;
+  if (waitpid(pid, &status, WNOHANG) == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  close(master);
+  INFO(out);
+  CHECK(contains(out, "on-a-tty"));
+  CHECK(sent);
+  CHECK(contains(out, "got-sigint"));
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 3);
+}
+
+TEST_CASE("vm: a command that does not exist is a clear error", "[integration][vm]") {
+  GUARD_VM_REQUIRE();
+  VmWorkspace w;
+  Run r = runFed(w.argv({"no-such-command-guard-vm"}), w.project, w.env(), "");
+  INFO(describe(r));
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "no-such-command-guard-vm"));
+  CHECK(contains(r.err, "No such file or directory"));
+}
+
+TEST_CASE("vm: without the guest image guard names the preparation step", "[integration][vm]") {
+  VmWorkspace w;
+  Run r = runFed(w.argv({"true"}), w.project,
+                 w.env({"GUARD_VM_DIR=" + w.base + "/no-image-here"}), "");
+  INFO(describe(r));
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "scripts/vm-prepare.sh"));
+}
+
+}  // namespace
+}  // namespace guard::testing
