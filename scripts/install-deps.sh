@@ -19,6 +19,10 @@ packages=(
   # the network tests: a test origin (nginx) with a test PKI (openssl), real
   # clients (curl, dig); the proxy benchmark's peers (squid with ssl-bump, mitmproxy)
   nginx openssl curl bind9-dnsutils ca-certificates squid-openssl mitmproxy openssh-server openssh-client
+  # VM mode (guard --vm): QEMU's microvm and virtiofsd (qemu-system-common,
+  # /usr/lib/qemu/virtiofsd); lz4 and cpio for scripts/vm-prepare.sh, which
+  # unpacks Debian's cloud kernel and builds the initramfs (make check runs it)
+  qemu-system-x86 qemu-system-common lz4 cpio
 )
 
 export DEBIAN_FRONTEND=noninteractive

@@ -46,8 +46,22 @@ vm_dir="$(cd "$vm_dir" && pwd)"
 # The newest cloud kernel is what the meta package depends on, e.g.
 # linux-image-6.1.0-56-cloud-amd64 (signed; the -unsigned twin holds the
 # same image).
-kernel_pkg=$(apt-cache depends "$meta_package" 2>/dev/null |
-  sed -n 's/^ *Depends: \(linux-image-[0-9].*-cloud-amd64\)\(-unsigned\)\?$/\1\2/p' | head -n 1 || true)
+newest_kernel() {
+  apt-cache depends "$meta_package" 2>/dev/null |
+    sed -n 's/^ *Depends: \(linux-image-[0-9].*-cloud-amd64\)\(-unsigned\)\?$/\1\2/p' |
+    head -n 1 || true
+}
+kernel_pkg=$(newest_kernel)
+if [ -z "$kernel_pkg" ] && [ ! -f "$vm_dir/vmlinux" ]; then
+  # Package lists may have been cleaned (as container images do): fetch them.
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo=sudo
+  if [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; then
+    say "apt knows no $meta_package: running apt-get update"
+    $sudo apt-get update -qq || true
+    kernel_pkg=$(newest_kernel)
+  fi
+fi
 kernel_ver=""
 if [ -n "$kernel_pkg" ]; then
   kernel_ver=$(apt-cache policy "$kernel_pkg" 2>/dev/null | sed -n 's/^ *Candidate: //p' | head -n 1)
