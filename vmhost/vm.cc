@@ -538,8 +538,9 @@ class Session {
   Error loop();
   Error handleFrames();
   void relaySignal(int sig);
-  void readDiagnostics(int fd, Tail* tail, const char* prefix);
-  Error deathError(const Process& p);
+  ssize_t readDiagnostics(int fd, Tail* tail, const char* prefix);
+  void reap(Process* p);
+  Error helperEnded(Process* p);
   void writeOutput(int fd, const std::string& data);
 
   const VmSpec& spec_;
@@ -567,14 +568,22 @@ class Session {
   std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
 };
 
-void Session::readDiagnostics(int fd, Tail* tail, const char* prefix) {
+void Session::reap(Process* p) {
+  if (!p->exited) {
+    while (waitpid(p->pid, &p->status, 0) < 0 && errno == EINTR) {
+    }
+    p->exited = true;
+  }
+}
+
+ssize_t Session::readDiagnostics(int fd, Tail* tail, const char* prefix) {
   char buf[4096];
   ssize_t n = read(fd, buf, sizeof(buf));
   if (n <= 0) {
     if (n == 0) {
       (fd == console_.get() ? console_ : diag_).reset();
     }
-    return;
+    return n;
   }
   tail->add(buf, static_cast<size_t>(n));
   if (spdlog::should_log(spdlog::level::debug)) {
@@ -589,6 +598,7 @@ void Session::readDiagnostics(int fd, Tail* tail, const char* prefix) {
       }
     }
   }
+  return n;
 }
 
 Error Session::start() {
@@ -872,11 +882,58 @@ void Session::relaySignal(int sig) {
   wire::appendFrame(&out_, Frame::kSignal, std::string(1, static_cast<char>(sig)));
 }
 
-Error Session::deathError(const Process& p) {
-  std::string how = WIFEXITED(p.status)
-                        ? "exited with status " + std::to_string(WEXITSTATUS(p.status))
-                        : std::string("was killed by signal ") + strsignal(WTERMSIG(p.status));
-  std::string msg = std::string(p.name) + " " + how + " before the command finished";
+Error Session::helperEnded(Process* p) {
+  reap(p);
+  // One helper going takes the other along (QEMU powering off ends
+  // virtiofsd's connection): give QEMU a moment, so that the report is
+  // about the guest when the guest was the cause.
+  if (p != &qemu_ && !qemu_.exited) {
+    struct pollfd q = {qemu_.pidfd.get(), POLLIN, 0};
+    if (poll(&q, 1, 2000) > 0) {
+      reap(&qemu_);
+    }
+  }
+  // Take what the guest and the helpers said on their way out.
+  while (ctl_.get() >= 0) {
+    char buf[kReadChunk];
+    ssize_t n = read(ctl_.get(), buf, sizeof(buf));
+    if (n <= 0) {
+      break;
+    }
+    in_.append(buf, static_cast<size_t>(n));
+  }
+  if (Error e = handleFrames(); !e.ok()) {
+    return e;
+  }
+  if (exited_ || !guest_error_.ok()) {
+    return guest_error_;  // the guest reported before it went
+  }
+  while (console_.get() >= 0 && readDiagnostics(console_.get(), &console_tail_, "guest: ") > 0) {
+  }
+  while (diag_.get() >= 0 && readDiagnostics(diag_.get(), &diag_tail_, "vm: ") > 0) {
+  }
+  // The guest init's own error, written to the console before the control
+  // port existed (or instead of it).
+  const std::string marker = "guard-vm-init: ";
+  size_t at = console_tail_.text.rfind(marker);
+  if (at != std::string::npos) {
+    size_t end = console_tail_.text.find('\n', at);
+    std::string line = console_tail_.text.substr(
+        at + marker.size(), end == std::string::npos ? std::string::npos : end - at - marker.size());
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) {
+      line.pop_back();
+    }
+    return Error(ErrorCode::kIo, "the VM could not set the session up: " + line);
+  }
+  // virtiofsd ending cleanly is QEMU's doing; otherwise name who died.
+  Process* culprit = p;
+  if (p == &virtiofsd_ && WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0 && qemu_.exited) {
+    culprit = &qemu_;
+  }
+  int st = culprit->status;
+  std::string how = WIFEXITED(st) ? "exited with status " + std::to_string(WEXITSTATUS(st))
+                                  : std::string("was killed by signal ") + strsignal(WTERMSIG(st));
+  std::string msg = std::string(culprit->name) + " " + how + " before the command finished";
   std::string diag = diag_tail_.lastLines(3);
   std::string console = console_tail_.lastLines(3);
   if (!diag.empty()) {
@@ -991,28 +1048,7 @@ Error Session::loop() {
     }
     for (auto [idx, p] : {std::pair{i_qemu, &qemu_}, std::pair{i_vfs, &virtiofsd_}}) {
       if (pfds[idx].revents != 0 && !p->exited) {
-        // Take what it said on its way out, then why it ended.
-        while (diag_.get() >= 0 && read(diag_.get(), buf, sizeof(buf)) > 0) {
-        }
-        waitpid(p->pid, &p->status, 0);
-        p->exited = true;
-        // The guest may have reported its status just before QEMU went.
-        while (ctl_.get() >= 0) {
-          ssize_t n = read(ctl_.get(), buf, sizeof(buf));
-          if (n <= 0) {
-            break;
-          }
-          in_.append(buf, static_cast<size_t>(n));
-        }
-        if (Error e = handleFrames(); !e.ok()) {
-          return e;
-        }
-        if (exited_ || !guest_error_.ok()) {
-          break;
-        }
-        while (console_.get() >= 0 && read(console_.get(), buf, sizeof(buf)) > 0) {
-        }
-        return deathError(*p);
+        return helperEnded(p);
       }
     }
   }
