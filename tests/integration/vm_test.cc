@@ -3,10 +3,11 @@
 // outside: exit status, the stdout and stderr guard passes on, the host's
 // files afterwards and the audit log.
 //
-// Each boot costs seconds under TCG, so the tests boot three times in all:
-// one script that checks most things at once, one session on a
-// pseudo-terminal (Ctrl-C reaches the command), one command that does not
-// exist. A fourth case needs no boot (the guest image missing).
+// Each boot costs seconds under TCG (about 2.5 s here), so the tests boot
+// four times in all: one script that checks most things at once, one
+// session on a pseudo-terminal (Ctrl-C reaches the command), one as the
+// unprivileged user guardtest (when the suite runs as root), one command
+// that does not exist. A fifth case needs no boot (the guest image missing).
 //
 // The tests need QEMU, virtiofsd and the guest image (scripts/install-deps.sh,
 // then scripts/vm-prepare.sh, which `make check` runs). Without them they
@@ -16,6 +17,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -401,6 +403,47 @@ TEST_CASE("vm: on a terminal the command gets one, and Ctrl-C reaches it, not QE
   CHECK(contains(out, "got-sigint"));
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 3);
+}
+
+TEST_CASE("vm: an unprivileged caller's session runs, and what it writes is the caller's",
+          "[integration][vm]") {
+  GUARD_VM_REQUIRE();
+  if (geteuid() != 0) {
+    GUARD_SKIP("switching to the unprivileged user needs root (this suite already runs unprivileged)");
+  }
+  constexpr char kUser[] = "guardtest";  // the host tests' unprivileged user
+  if (getpwnam(kUser) == nullptr) {
+    runProgram({"useradd", "-m", kUser}, "/", {std::string("PATH=") + kPath});
+  }
+  struct passwd* pw = getpwnam(kUser);
+  if (pw == nullptr) {
+    GUARD_SKIP("no user guardtest and useradd failed");
+  }
+  Run ns = runProgram({"runuser", "-u", kUser, "--", "unshare", "-U", "-m", "true"}, "/",
+                      {std::string("PATH=") + kPath});
+  if (ns.status != 0) {
+    GUARD_SKIP("guardtest cannot create user namespaces: " + ns.err);
+  }
+  VmWorkspace w;
+  for (auto& e : fs::recursive_directory_iterator(w.base)) {
+    REQUIRE(lchown(e.path().c_str(), pw->pw_uid, pw->pw_gid) == 0);
+  }
+  REQUIRE(chown(w.base.c_str(), pw->pw_uid, pw->pw_gid) == 0);
+  std::vector<std::string> argv = {"/usr/sbin/runuser", "-u", kUser, "--", "/usr/bin/env", "-i"};
+  std::vector<std::string> env = w.env();
+  argv.insert(argv.end(), env.begin(), env.end());
+  std::vector<std::string> g = w.argv({"sh", "-c",
+                                       "echo made-unprivileged > made.txt; "
+                                       "echo x 2>/dev/null > '" + w.ro + "'; exit 5"});
+  argv.insert(argv.end(), g.begin(), g.end());
+  Run r = runFed(argv, w.project, env, "");
+  INFO(describe(r));
+  CHECK(r.status == 5);
+  struct stat st {};
+  REQUIRE(stat((w.project + "/made.txt").c_str(), &st) == 0);
+  CHECK(st.st_uid == pw->pw_uid);
+  CHECK(readFile(w.project + "/made.txt") == "made-unprivileged\n");
+  CHECK(readFile(w.ro) == kRoCanary);
 }
 
 TEST_CASE("vm: a command that does not exist is a clear error", "[integration][vm]") {
