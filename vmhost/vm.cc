@@ -33,7 +33,6 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -42,6 +41,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <cstdio>
@@ -405,44 +405,61 @@ class Terminal {
   bool raw_ = false;
 };
 
-// Signals blocks the signals the session relays (so a signalfd sees them),
-// ignores SIGPIPE, and restores everything on destruction.
+// g_signal_pipe is the write end of Signals' self-pipe, for its handler.
+std::atomic<int> g_signal_pipe{-1};
+
+void onRelayedSignal(int sig) {
+  int saved = errno;
+  int fd = g_signal_pipe.load(std::memory_order_relaxed);
+  if (fd >= 0) {
+    char b = static_cast<char>(sig);
+    ssize_t ignored = write(fd, &b, 1);  // async-signal-safe; a full pipe drops it
+    (void)ignored;
+  }
+  errno = saved;
+}
+
+// Signals catches the signals the session relays, in whichever thread of
+// guard the kernel picks (a handler, not a blocked mask: guard may have
+// other threads), and hands them to the loop through a self-pipe. SIGPIPE
+// is ignored. Everything is restored on destruction.
 class Signals {
  public:
   static constexpr int kRelayed[] = {SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH};
   Signals() {
-    sigset_t set;
-    sigemptyset(&set);
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
+      read_.reset(p[0]);
+      write_.reset(p[1]);
+      g_signal_pipe.store(p[1]);
+    }
     for (size_t i = 0; i < std::size(kRelayed); ++i) {
-      sigaddset(&set, kRelayed[i]);
-      // A blocked signal whose disposition is SIG_IGN is discarded: reset.
-      struct sigaction dfl {};
-      dfl.sa_handler = SIG_DFL;
-      sigaction(kRelayed[i], &dfl, &saved_[i]);
+      struct sigaction sa {};
+      sa.sa_handler = onRelayedSignal;
+      sa.sa_flags = SA_RESTART;
+      sigemptyset(&sa.sa_mask);
+      sigaction(kRelayed[i], &sa, &saved_[i]);
     }
     struct sigaction ign {};
     ign.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &ign, &saved_pipe_);
-    sigprocmask(SIG_BLOCK, &set, &saved_mask_);
-    fd_.reset(signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
   }
   ~Signals() {
-    fd_.reset();
-    sigprocmask(SIG_SETMASK, &saved_mask_, nullptr);
     for (size_t i = 0; i < std::size(kRelayed); ++i) {
       sigaction(kRelayed[i], &saved_[i], nullptr);
     }
     sigaction(SIGPIPE, &saved_pipe_, nullptr);
+    g_signal_pipe.store(-1);
   }
   Signals(const Signals&) = delete;
   Signals& operator=(const Signals&) = delete;
-  int fd() const { return fd_.get(); }
+  int fd() const { return read_.get(); }
 
  private:
   struct sigaction saved_[std::size(kRelayed)] {};
   struct sigaction saved_pipe_ {};
-  sigset_t saved_mask_ {};
-  Fd fd_;
+  Fd read_;
+  Fd write_;
 };
 
 std::string winsizePayload() {
@@ -1026,9 +1043,10 @@ Error Session::loop() {
       }
     }
     if (pfds[i_sig].revents != 0) {
-      struct signalfd_siginfo si;
-      while (read(signals.fd(), &si, sizeof(si)) == sizeof(si)) {
-        int sig = static_cast<int>(si.ssi_signo);
+      char sigs[64];
+      ssize_t got = read(signals.fd(), sigs, sizeof(sigs));
+      for (ssize_t k = 0; k < got; ++k) {
+        int sig = static_cast<uint8_t>(sigs[k]);
         if (!started_ && sig != SIGWINCH) {
           // Nothing to relay to yet: the session ends as the command would.
           status_ = 128 + sig;

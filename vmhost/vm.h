@@ -50,8 +50,10 @@ std::string vmImageDir();
 // dies first, the VM is stopped (fail closed), *DIED is set to its pid and
 // the status is 128+SIGKILL. They are left unreaped for their owner.
 //
-// Call it from the main thread of a process with no other threads (QEMU and
-// virtiofsd die with the thread that started them).
+// Call it from a thread that outlives the session (QEMU and virtiofsd die
+// with the thread that started them). Signals relayed to the command are
+// caught with process-wide handlers for the duration, whatever thread the
+// kernel delivers them to; the previous dispositions are restored.
 Result<int> runVm(const VmSpec& spec, const std::function<void()>& on_started,
                   const std::vector<pid_t>& watch = {}, pid_t* died = nullptr);
 
