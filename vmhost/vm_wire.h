@@ -27,8 +27,9 @@ constexpr const char* kPortName = "guard.ctl";
 // kRootTag is the virtiofs tag of the guest's root filesystem (the view).
 constexpr const char* kRootTag = "guardroot";
 constexpr size_t kHeaderLen = 5;
-// kMaxFrame bounds one frame, and so the spec (argv + environment + cwd).
-constexpr uint32_t kMaxFrame = 1u << 20;
+// kMaxFrame bounds one frame, and so the spec (argv + environment + cwd):
+// 4 MiB, above what the kernel lets one exec carry (about 2 MiB).
+constexpr uint32_t kMaxFrame = 4u << 20;
 
 enum class Frame : uint8_t {
   // host -> guest
