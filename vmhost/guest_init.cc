@@ -15,6 +15,7 @@
 // most forge its own output and exit status on the control port.
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -22,6 +23,7 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -360,6 +362,23 @@ void mountRoot(const Spec& spec) {
     }
     close(keep);
   }
+}
+
+// loopbackUp brings up lo, as host mode's jail does: programs talk to
+// themselves over 127.0.0.1. It is the guest's only interface (the VM has
+// no network device in this version).
+void loopbackUp() {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  struct ifreq ifr = {};
+  strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) != 0) {
+    fatal("find the loopback interface", errno);
+  }
+  ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+  if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) {
+    fatal("bring up the loopback interface", errno);
+  }
+  close(s);
 }
 
 int exitCodeOf(int status) {
@@ -747,6 +766,7 @@ int main() {
   Spec spec = readSpec(&pending);
   mountRoot(spec);
   sethostname(spec.hostname.c_str(), spec.hostname.size());
+  loopbackUp();
   Io io = setupIo(spec);
 
   sigset_t mask;

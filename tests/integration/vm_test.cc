@@ -299,6 +299,7 @@ TEST_CASE("vm: the command runs in the view with the policy's environment and it
       "echo overwritten 2>/dev/null > '" + w.ro + "' && echo RO-WRITTEN\n"
       "rm -f '" + w.ro + "' 2>/dev/null; mv '" + w.ro + "' ro-moved 2>/dev/null\n"
       "test -d /proc/self && echo proc-ok\n"
+      "sed -n 's/^ *\\([^:]*\\):.*/iface:\\1/p' /proc/net/dev\n"
       "echo made-in-vm > made.txt\n"
       "exit 7\n";
   Run r = runFed(w.argv({"sh", "-c", script}), w.project, w.env(), "line one\nline two\n");
@@ -311,6 +312,13 @@ TEST_CASE("vm: the command runs in the view with the policy's environment and it
   CHECK_FALSE(contains(r.out, "to-stderr"));
   CHECK(contains(r.err, "to-stderr\n"));
   CHECK(contains(r.out, "proc-ok\n"));
+  // Milestone 1 fails closed: the guest has loopback and no network device.
+  CHECK(contains(r.out, "iface:lo\n"));
+  size_t ifaces = 0;
+  for (size_t at = r.out.find("iface:"); at != std::string::npos; at = r.out.find("iface:", at + 1)) {
+    ++ifaces;
+  }
+  CHECK(ifaces == 1);
   // stdin reached the command, EOF included (cat ended); a write landed.
   CHECK(readFile(w.project + "/stdin.txt") == "line one\nline two\n");
   CHECK(readFile(w.project + "/made.txt") == "made-in-vm\n");
