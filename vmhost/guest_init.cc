@@ -48,11 +48,11 @@ namespace {
 namespace wire = guard::vmhost::wire;
 using wire::Frame;
 
-constexpr const char* kRoot = "/root";          // where the view is mounted
-constexpr const char* kModules = "/modules";    // the kernel modules, and their order
-constexpr int kCtlWaitMs = 20000;               // for the control port to appear
-constexpr size_t kMaxBuffered = 4u << 20;       // stdin held for the command
-constexpr size_t kOutHighWater = 256u << 10;    // stop reading the command's output above it
+constexpr const char* kRoot = "/root";        // where the view is mounted
+constexpr const char* kModules = "/modules";  // the kernel modules, and their order
+constexpr int kCtlWaitMs = 20000;             // for the control port to appear
+constexpr size_t kMaxBuffered = 4u << 20;     // stdin held for the command
+constexpr size_t kOutHighWater = 256u << 10;  // stop reading the command's output above it
 constexpr size_t kReadChunk = 64u << 10;
 
 int g_ctl = -1;  // the control port, once open
@@ -303,8 +303,8 @@ void mountRoot(const Spec& spec) {
     fatal(std::string("mount the filesystem view (virtiofs ") + wire::kRootTag + ")", err);
   }
   std::string root = kRoot;
-  if (mount("proc", (root + "/proc").c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-            nullptr) != 0) {
+  if (mount("proc", (root + "/proc").c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) !=
+      0) {
     fatal("mount /proc in the view", errno);
   }
   std::string dev = root + "/dev";
@@ -399,9 +399,9 @@ struct Stream {
 
 // Io is the command's side of the relay.
 struct Io {
-  int stdin_fd = -1;       // where stdin bytes go (pipe write end or pty master)
+  int stdin_fd = -1;  // where stdin bytes go (pipe write end or pty master)
   bool stdin_is_pty = false;
-  int pty_master = -1;     // for the window size
+  int pty_master = -1;  // for the window size
   std::vector<Stream> outputs;
   int child_fds[3] = {-1, -1, -1};  // what the command gets as 0, 1, 2
 };
@@ -449,7 +449,7 @@ Io setupIo(const Spec& spec) {
   }
   if (io.pty_master >= 0) {
     // The terminal's output goes to the first host fd that is a terminal.
-    Frame f = (spec.ttys & 2u) != 0 ? Frame::kStdout
+    Frame f = (spec.ttys & 2u) != 0   ? Frame::kStdout
               : (spec.ttys & 4u) != 0 ? Frame::kStderr
                                       : Frame::kStdout;
     if ((spec.ttys & 6u) != 0) {
@@ -683,15 +683,15 @@ int Relay::run() {
     }
     std::vector<struct pollfd> pfds;
     pfds.push_back({sigfd_, POLLIN, 0});
-    pfds.push_back({g_ctl, static_cast<short>((ctl_eof_ || in_.size() + stdin_buf_.size() > kMaxBuffered
-                                                   ? 0
-                                                   : POLLIN) |
-                                              (out_.empty() ? 0 : POLLOUT)),
+    pfds.push_back({g_ctl,
+                    static_cast<short>(
+                        (ctl_eof_ || in_.size() + stdin_buf_.size() > kMaxBuffered ? 0 : POLLIN) |
+                        (out_.empty() ? 0 : POLLOUT)),
                     0});
     size_t first_out = pfds.size();
     for (const Stream& s : io_.outputs) {
-      pfds.push_back({s.fd, static_cast<short>(s.fd >= 0 && out_.size() < kOutHighWater ? POLLIN : 0),
-                      0});
+      pfds.push_back(
+          {s.fd, static_cast<short>(s.fd >= 0 && out_.size() < kOutHighWater ? POLLIN : 0), 0});
     }
     size_t stdin_at = pfds.size();
     pfds.push_back({io_.stdin_fd, static_cast<short>(stdin_buf_.empty() ? 0 : POLLOUT), 0});

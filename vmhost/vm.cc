@@ -248,7 +248,7 @@ struct ChildSpec {
   std::vector<std::pair<int, int>> fds;  // (descriptor here, number in the child)
   int out_fd = -1;                       // stdout and stderr
   bool user_namespace = false;           // virtiofsd: own user + mount namespace
-  int ready_fd = -1;  // gets one byte once the child's namespaces are set up
+  int ready_fd = -1;                     // gets one byte once the child's namespaces are set up
   // cover: directories (absolute, in the child's mount namespace) that get
   // an empty read-only tmpfs of their own, so virtiofsd serves them as
   // distinct inodes (see the call).
@@ -281,8 +281,8 @@ Result<pid_t> spawnChild(const ChildSpec& spec) {
   // The child: system calls only.
   auto fail = [&](const char* what) {
     char msg[256];
-    int n = snprintf(msg, sizeof(msg), "guard: %s: %s: %s\n", spec.path.c_str(), what,
-                     strerror(errno));
+    int n =
+        snprintf(msg, sizeof(msg), "guard: %s: %s: %s\n", spec.path.c_str(), what, strerror(errno));
     if (n > 0 && spec.out_fd >= 0) {
       ssize_t ignored = write(spec.out_fd, msg, static_cast<size_t>(n));
       (void)ignored;
@@ -456,7 +456,7 @@ class Signals {
   int fd() const { return read_.get(); }
 
  private:
-  struct sigaction saved_[std::size(kRelayed)] {};
+  struct sigaction saved_[std::size(kRelayed)]{};
   struct sigaction saved_pipe_ {};
   Fd read_;
   Fd write_;
@@ -568,9 +568,9 @@ class Session {
   Process qemu_;
   Process virtiofsd_;
   std::vector<Process> watched_;
-  Fd ctl_;       // our end of the control port
-  Fd console_;   // read end of the serial console's pipe
-  Fd diag_;      // read end of QEMU's and virtiofsd's stderr
+  Fd ctl_;      // our end of the control port
+  Fd console_;  // read end of the serial console's pipe
+  Fd diag_;     // read end of QEMU's and virtiofsd's stderr
   Tail console_tail_;
   Tail diag_tail_;
   std::string in_;   // from the control port, not yet parsed
@@ -632,9 +632,9 @@ Error Session::start() {
   }
   std::string qemu = findInPath(kQemu);
   if (qemu.empty()) {
-    return Error(ErrorCode::kNotFound,
-                 std::string(kQemu) + " is not installed (Debian: qemu-system-x86; see "
-                                      "scripts/install-deps.sh)");
+    return Error(ErrorCode::kNotFound, std::string(kQemu) +
+                                           " is not installed (Debian: qemu-system-x86; see "
+                                           "scripts/install-deps.sh)");
   }
   if (access(kVirtiofsd, X_OK) != 0) {
     return Error(ErrorCode::kNotFound,
@@ -643,8 +643,8 @@ Error Session::start() {
   std::string spec_payload = encodeSpec(spec_);
   if (spec_payload.size() > wire::kMaxFrame) {
     return Error(ErrorCode::kUsage, "the command line and environment are too large for the VM (" +
-                                        std::to_string(spec_payload.size()) +
-                                        " bytes; at most " + std::to_string(wire::kMaxFrame) + ")");
+                                        std::to_string(spec_payload.size()) + " bytes; at most " +
+                                        std::to_string(wire::kMaxFrame) + ")");
   }
   std::string kvm_reason;
   bool kvm = kvmUsable(&kvm_reason);
@@ -685,14 +685,12 @@ Error Session::start() {
 
   ChildSpec vfs;
   vfs.path = kVirtiofsd;
-  vfs.argv = {"virtiofsd",
-              "--fd=" + std::to_string(kVirtiofsdListenFd),
-              "-o", "source=" + spec_.root,
-              // chroot(2) into the view; its own namespaces come from spawnChild.
-              "-o", "sandbox=chroot",
-              "-o", "cache=auto",
-              "-o", "log_level=warn",
-              "--rlimit-nofile=0"};
+  // clang-format off: one option per line
+  vfs.argv = {
+      "virtiofsd", "--fd=" + std::to_string(kVirtiofsdListenFd), "-o", "source=" + spec_.root,
+      // chroot(2) into the view; its own namespaces come from spawnChild.
+      "-o", "sandbox=chroot", "-o", "cache=auto", "-o", "log_level=warn", "--rlimit-nofile=0"};
+  // clang-format on
   vfs.fds = {{vfs_listen.get(), kVirtiofsdListenFd}};
   vfs.out_fd = diag_w.get();
   vfs.user_namespace = true;
@@ -760,32 +758,28 @@ Error Session::start() {
   }
   ChildSpec q;
   q.path = qemu;
-  q.argv = {"qemu-system-x86_64",
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            // QEMU's own seccomp filter: no fork/exec, no privilege changes.
-            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-            "-M", "microvm,acpi=on,x-option-roms=off,memory-backend=guard.mem",
-            "-accel", kvm ? "kvm" : "tcg",
-            "-cpu", kvm ? "host" : "max",
-            "-m", mem,
-            "-smp", std::to_string(spec_.cpus),
-            // virtiofs needs guest memory that virtiofsd can map.
-            "-object", "memory-backend-memfd,id=guard.mem,size=" + mem + ",share=on",
-            "-global", "virtio-mmio.force-legacy=false",
-            "-kernel", kernel,
-            "-initrd", initramfs,
-            "-append", append,
-            "-chardev", "socket,id=vfs,fd=" + std::to_string(kQemuVfsFd),
-            "-device", std::string("vhost-user-fs-device,chardev=vfs,tag=") + wire::kRootTag,
-            "-device", "virtio-serial-device,max_ports=2",
-            "-chardev", "socket,id=ctl,fd=" + std::to_string(kQemuCtlFd),
-            "-device", std::string("virtserialport,chardev=ctl,name=") + wire::kPortName,
-            "-chardev", "file,id=con,path=/proc/self/fd/" + std::to_string(kQemuConsoleFd),
-            "-serial", "chardev:con",
-            // Fail closed: no network device at all in this version (the
-            // guest's network through guard's proxy comes next).
-            "-nic", "none"};
-  q.fds = {{vfs_client.get(), kQemuVfsFd}, {ctl_qemu.get(), kQemuCtlFd},
+  // clang-format off: one option per line
+  q.argv = {
+      "qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+      // QEMU's own seccomp filter: no fork/exec, no privilege changes.
+      "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny", "-M",
+      "microvm,acpi=on,x-option-roms=off,memory-backend=guard.mem", "-accel", kvm ? "kvm" : "tcg",
+      "-cpu", kvm ? "host" : "max", "-m", mem, "-smp", std::to_string(spec_.cpus),
+      // virtiofs needs guest memory that virtiofsd can map.
+      "-object", "memory-backend-memfd,id=guard.mem,size=" + mem + ",share=on", "-global",
+      "virtio-mmio.force-legacy=false", "-kernel", kernel, "-initrd", initramfs, "-append", append,
+      "-chardev", "socket,id=vfs,fd=" + std::to_string(kQemuVfsFd), "-device",
+      std::string("vhost-user-fs-device,chardev=vfs,tag=") + wire::kRootTag, "-device",
+      "virtio-serial-device,max_ports=2", "-chardev",
+      "socket,id=ctl,fd=" + std::to_string(kQemuCtlFd), "-device",
+      std::string("virtserialport,chardev=ctl,name=") + wire::kPortName, "-chardev",
+      "file,id=con,path=/proc/self/fd/" + std::to_string(kQemuConsoleFd), "-serial", "chardev:con",
+      // Fail closed: no network device at all in this version (the
+      // guest's network through guard's proxy comes next).
+      "-nic", "none"};
+  // clang-format on
+  q.fds = {{vfs_client.get(), kQemuVfsFd},
+           {ctl_qemu.get(), kQemuCtlFd},
            {con_qemu.get(), kQemuConsoleFd}};
   q.out_fd = diag_w.get();
   auto qpid = spawnChild(q);
@@ -852,8 +846,8 @@ Error Session::handleFrames() {
     if (r == wire::ParseResult::kTooLarge) {
       return Error(ErrorCode::kIo, "the guest broke the control protocol (oversized frame)");
     }
-    auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_)
-                  .count();
+    auto ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_).count();
     switch (type) {
       case Frame::kHello:
         if (!hello_) {
@@ -936,7 +930,8 @@ Error Session::helperEnded(Process* p) {
   if (at != std::string::npos) {
     size_t end = console_tail_.text.find('\n', at);
     std::string line = console_tail_.text.substr(
-        at + marker.size(), end == std::string::npos ? std::string::npos : end - at - marker.size());
+        at + marker.size(),
+        end == std::string::npos ? std::string::npos : end - at - marker.size());
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) {
       line.pop_back();
     }
@@ -990,12 +985,11 @@ Error Session::loop() {
                       boot_deadline - std::chrono::steady_clock::now())
                       .count();
       if (left <= 0) {
-        return Error(ErrorCode::kIo,
-                     "the VM did not boot within " + std::to_string(kBootTimeoutMs / 1000) +
-                         " s" +
-                         (console_tail_.text.empty()
-                              ? std::string()
-                              : "\n  guest console: " + console_tail_.lastLines(3)));
+        return Error(
+            ErrorCode::kIo,
+            "the VM did not boot within " + std::to_string(kBootTimeoutMs / 1000) + " s" +
+                (console_tail_.text.empty() ? std::string()
+                                            : "\n  guest console: " + console_tail_.lastLines(3)));
       }
       timeout = static_cast<int>(left);
     }

@@ -2,9 +2,10 @@
 // filesystem is the filesystem view, exported to the guest with virtiofsd.
 #pragma once
 
+#include <sys/types.h>
+
 #include <functional>
 #include <string>
-#include <sys/types.h>
 #include <vector>
 
 #include "policy/error.h"

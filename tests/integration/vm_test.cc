@@ -73,8 +73,8 @@ std::string vmMissing() {
   if (access("/usr/lib/qemu/virtiofsd", X_OK) != 0) {
     return "virtiofsd is not installed (qemu-system-common; scripts/install-deps.sh)";
   }
-  Run q = runProgram({"sh", "-c", "command -v qemu-system-x86_64"}, "",
-                     {std::string("PATH=") + kPath});
+  Run q =
+      runProgram({"sh", "-c", "command -v qemu-system-x86_64"}, "", {std::string("PATH=") + kPath});
   if (q.status != 0) {
     return "qemu-system-x86_64 is not installed (scripts/install-deps.sh)";
   }
@@ -90,16 +90,16 @@ std::string vmMissing() {
 }
 
 // GUARD_VM_REQUIRE skips outside CI and fails on CI when VM mode cannot run.
-#define GUARD_VM_REQUIRE()                                    \
-  do {                                                        \
-    std::string missing_ = vmMissing();                       \
-    if (!missing_.empty()) {                                  \
-      const char* ci_ = getenv("CI");                         \
-      if (ci_ != nullptr && ci_[0] != '\0') {                 \
-        FAIL("VM mode cannot run on CI: " << missing_);       \
-      }                                                       \
-      GUARD_SKIP(missing_);                                   \
-    }                                                         \
+#define GUARD_VM_REQUIRE()                              \
+  do {                                                  \
+    std::string missing_ = vmMissing();                 \
+    if (!missing_.empty()) {                            \
+      const char* ci_ = getenv("CI");                   \
+      if (ci_ != nullptr && ci_[0] != '\0') {           \
+        FAIL("VM mode cannot run on CI: " << missing_); \
+      }                                                 \
+      GUARD_SKIP(missing_);                             \
+    }                                                   \
   } while (0)
 
 // Runner: a child in its own process group, stdin fed then closed, stdout
@@ -229,14 +229,18 @@ class VmWorkspace {
               "    - id: vm-test.project\n"
               "      read-write: [\"{project}\"]\n"
               "    - id: vm-test.secret\n"
-              "      hidden: [\"" + base + "/secret\"]\n"
-              "    - id: vm-test.readonly\n"
-              "      read-only: [\"" + base + "/ro\"]\n"
-              "env:\n"
-              "  default: deny\n"
-              "  set: {GUARD_SET: from-policy}\n"
-              "  rules:\n"
-              "    - allow: [PATH, HOME, LANG]\n");
+              "      hidden: [\"" +
+                  base +
+                  "/secret\"]\n"
+                  "    - id: vm-test.readonly\n"
+                  "      read-only: [\"" +
+                  base +
+                  "/ro\"]\n"
+                  "env:\n"
+                  "  default: deny\n"
+                  "  set: {GUARD_SET: from-policy}\n"
+                  "  rules:\n"
+                  "    - allow: [PATH, HOME, LANG]\n");
   }
   ~VmWorkspace() {
     std::error_code ec;
@@ -257,8 +261,8 @@ class VmWorkspace {
   }
 
   std::vector<std::string> argv(const std::vector<std::string>& cmd) const {
-    std::vector<std::string> a = {guardPath(), "--vm", "--vm-memory", "512", "--policy", policy,
-                                  "--audit", audit, "--"};
+    std::vector<std::string> a = {guardPath(), "--vm",    "--vm-memory", "512", "--policy",
+                                  policy,      "--audit", audit,         "--"};
     a.insert(a.end(), cmd.begin(), cmd.end());
     return a;
   }
@@ -294,10 +298,18 @@ TEST_CASE("vm: the command runs in the view with the policy's environment and it
       "pwd; echo \"set=$GUARD_SET\"; echo \"foo=${FOO_SECRET:-unset}\"\n"
       "echo to-stdout; echo to-stderr >&2\n"
       "cat > stdin.txt\n"
-      "ls '" + w.base + "/secret' >/dev/null 2>&1 && echo SECRET-DIR-VISIBLE\n"
-      "cat '" + w.secret + "' 2>/dev/null\n"
-      "echo overwritten 2>/dev/null > '" + w.ro + "' && echo RO-WRITTEN\n"
-      "rm -f '" + w.ro + "' 2>/dev/null; mv '" + w.ro + "' ro-moved 2>/dev/null\n"
+      "ls '" +
+      w.base +
+      "/secret' >/dev/null 2>&1 && echo SECRET-DIR-VISIBLE\n"
+      "cat '" +
+      w.secret +
+      "' 2>/dev/null\n"
+      "echo overwritten 2>/dev/null > '" +
+      w.ro +
+      "' && echo RO-WRITTEN\n"
+      "rm -f '" +
+      w.ro + "' 2>/dev/null; mv '" + w.ro +
+      "' ro-moved 2>/dev/null\n"
       "test -d /proc/self && echo proc-ok\n"
       "sed -n 's/^ *\\([^:]*\\):.*/iface:\\1/p' /proc/net/dev\n"
       "echo made-in-vm > made.txt\n"
@@ -315,7 +327,8 @@ TEST_CASE("vm: the command runs in the view with the policy's environment and it
   // Milestone 1 fails closed: the guest has loopback and no network device.
   CHECK(contains(r.out, "iface:lo\n"));
   size_t ifaces = 0;
-  for (size_t at = r.out.find("iface:"); at != std::string::npos; at = r.out.find("iface:", at + 1)) {
+  for (size_t at = r.out.find("iface:"); at != std::string::npos;
+       at = r.out.find("iface:", at + 1)) {
     ++ifaces;
   }
   CHECK(ifaces == 1);
@@ -353,10 +366,10 @@ TEST_CASE("vm: on a terminal the command gets one, and Ctrl-C reaches it, not QE
           "[integration][vm]") {
   GUARD_VM_REQUIRE();
   VmWorkspace w;
-  std::vector<std::string> argv = w.argv(
-      {"sh", "-c",
-       "trap 'echo got-sigint; exit 3' INT; test -t 0 && test -t 1 && echo on-a-tty; "
-       "echo ready; while :; do sleep 0.2; done"});
+  std::vector<std::string> argv =
+      w.argv({"sh", "-c",
+              "trap 'echo got-sigint; exit 3' INT; test -t 0 && test -t 1 && echo on-a-tty; "
+              "echo ready; while :; do sleep 0.2; done"});
   std::vector<std::string> env = w.env();
   std::vector<char*> args;
   for (const std::string& a : argv) {
@@ -417,7 +430,8 @@ TEST_CASE("vm: an unprivileged caller's session runs, and what it writes is the 
           "[integration][vm]") {
   GUARD_VM_REQUIRE();
   if (geteuid() != 0) {
-    GUARD_SKIP("switching to the unprivileged user needs root (this suite already runs unprivileged)");
+    GUARD_SKIP(
+        "switching to the unprivileged user needs root (this suite already runs unprivileged)");
   }
   constexpr char kUser[] = "guardtest";  // the host tests' unprivileged user
   if (getpwnam(kUser) == nullptr) {
@@ -442,7 +456,8 @@ TEST_CASE("vm: an unprivileged caller's session runs, and what it writes is the 
   argv.insert(argv.end(), env.begin(), env.end());
   std::vector<std::string> g = w.argv({"sh", "-c",
                                        "echo made-unprivileged > made.txt; "
-                                       "echo x 2>/dev/null > '" + w.ro + "'; exit 5"});
+                                       "echo x 2>/dev/null > '" +
+                                           w.ro + "'; exit 5"});
   argv.insert(argv.end(), g.begin(), g.end());
   Run r = runFed(argv, w.project, env, "");
   INFO(describe(r));
@@ -466,8 +481,8 @@ TEST_CASE("vm: a command that does not exist is a clear error", "[integration][v
 
 TEST_CASE("vm: without the guest image guard names the preparation step", "[integration][vm]") {
   VmWorkspace w;
-  Run r = runFed(w.argv({"true"}), w.project,
-                 w.env({"GUARD_VM_DIR=" + w.base + "/no-image-here"}), "");
+  Run r =
+      runFed(w.argv({"true"}), w.project, w.env({"GUARD_VM_DIR=" + w.base + "/no-image-here"}), "");
   INFO(describe(r));
   CHECK(r.status == 1);
   CHECK(contains(r.err, "scripts/vm-prepare.sh"));
