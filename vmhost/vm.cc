@@ -62,10 +62,10 @@ constexpr const char* kQemu = "qemu-system-x86_64";
 constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
 constexpr const char* kKernel = "vmlinux";
 constexpr const char* kInitramfs = "initramfs.cpio";
-// From QEMU's start to the guest's hello. TCG on a busy 2-core machine
-// boots in a few seconds; a guest that has not spoken after this hangs.
+// From QEMU's start to the command's start. TCG on a busy 2-core machine
+// gets there in a few seconds; a guest that has not after this hangs.
 constexpr int kBootTimeoutMs = 120000;
-constexpr size_t kTailBytes = 2048;
+constexpr size_t kTailBytes = 8192;
 constexpr size_t kStdinHighWater = 1u << 20;  // stop reading stdin above this
 constexpr size_t kReadChunk = 64u << 10;
 constexpr int kQemuVfsFd = 3;
@@ -937,6 +937,18 @@ Error Session::helperEnded(Process* p) {
     }
     return Error(ErrorCode::kIo, "the VM could not set the session up: " + line);
   }
+  // A guest kernel panic (panic=-1 ends QEMU): its one-line reason.
+  const std::string panic = "Kernel panic - not syncing: ";
+  at = console_tail_.text.rfind(panic);
+  if (at != std::string::npos) {
+    size_t end = console_tail_.text.find('\n', at);
+    std::string line =
+        console_tail_.text.substr(at, end == std::string::npos ? std::string::npos : end - at);
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) {
+      line.pop_back();
+    }
+    return Error(ErrorCode::kIo, "the VM's kernel stopped: " + line);
+  }
   // virtiofsd ending cleanly is QEMU's doing; otherwise name who died.
   Process* culprit = p;
   if (p == &virtiofsd_ && WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0 && qemu_.exited) {
@@ -980,14 +992,16 @@ Error Session::loop() {
       add(w.pidfd.get(), POLLIN);
     }
     int timeout = -1;
-    if (!hello_) {
+    if (!started_) {  // booting, mounting the view, starting the command
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                       boot_deadline - std::chrono::steady_clock::now())
                       .count();
       if (left <= 0) {
         return Error(
             ErrorCode::kIo,
-            "the VM did not boot within " + std::to_string(kBootTimeoutMs / 1000) + " s" +
+            std::string(hello_ ? "the VM booted but did not start the command"
+                               : "the VM did not boot") +
+                " within " + std::to_string(kBootTimeoutMs / 1000) + " s" +
                 (console_tail_.text.empty() ? std::string()
                                             : "\n  guest console: " + console_tail_.lastLines(3)));
       }
