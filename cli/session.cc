@@ -361,6 +361,7 @@ int runSession(const SessionOptions& options) {
 
   int code = 0;
   AuditEvent done = event(base, "session", "exit", cmdline, "ok");
+  done.details = {{"mode", mode}};
   if (!rc.ok()) {
     done.decision = "setup_error";
     done.reason = rc.error().message();
@@ -368,7 +369,7 @@ int runSession(const SessionOptions& options) {
     std::fprintf(stderr, "guard: %s\n", rc.error().message().c_str());
   } else {
     code = rc.value();
-    done.details = {{"exit_code", code}, {"mode", mode}};
+    done.details["exit_code"] = code;
     if (code > 128 && code < 128 + 65) {
       done.decision = "signaled";
     }

@@ -477,6 +477,15 @@ TEST_CASE("vm: a command that does not exist is a clear error", "[integration][v
   CHECK(r.status == 1);
   CHECK(contains(r.err, "no-such-command-guard-vm"));
   CHECK(contains(r.err, "No such file or directory"));
+  bool ended = false;
+  for (const auto& e : w.auditEvents()) {
+    if (e.value("surface", "") == "session" && e.value("action", "") == "exit") {
+      ended = true;
+      CHECK(e.value("decision", "") == "setup_error");
+      CHECK(e["details"].value("mode", "") == "vm");
+    }
+  }
+  CHECK(ended);
 }
 
 TEST_CASE("vm: without the guest image guard names the preparation step", "[integration][vm]") {
