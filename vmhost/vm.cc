@@ -384,7 +384,9 @@ Result<Fd> openPidfd(pid_t pid) {
 class Terminal {
  public:
   Terminal() {
-    if (isatty(0) && tcgetattr(0, &saved_) == 0) {
+    // Only in the terminal's foreground: from the background, tcsetattr
+    // would stop guard with SIGTTOU.
+    if (isatty(0) && tcgetpgrp(0) == getpgrp() && tcgetattr(0, &saved_) == 0) {
       struct termios raw = saved_;
       cfmakeraw(&raw);
       raw.c_cc[VMIN] = 1;
