@@ -103,6 +103,8 @@ mkdir -p "$proj"
 # A private copy: a rebuild during the run must not change the binary measured.
 guard="$work/guard"
 cp "$guard_src" "$guard"
+# guard serves the preload shim that sits next to it.
+cp "$(dirname "$guard_src")/libguard-interpose.so" "$work/"
 policy="$here/policy.yaml"
 audit="$work/audit.jsonl"
 
@@ -154,6 +156,13 @@ log "inputs ready in $((SECONDS - t_setup)) s"
 
 # ---- sanity: the sandboxes really confine -----------------------------------------
 
+why() {  # why FILE: the first error line of a sandbox's stderr
+  local line
+  line=$(grep -m1 -iE 'error|cannot|denied|too many|no such|refus|fail' "$1" 2>/dev/null || true)
+  [ -n "$line" ] || line=$(tail -c 200 "$1" | tr '\n' ' ')
+  printf '%s' "${line:0:240}"
+}
+
 failures=()
 probe='test -d /usr/bin && test -w . && test ! -e /var/lib && ! touch /usr/.guard-bench-probe 2>/dev/null'
 for m in bwrap guard; do
@@ -177,12 +186,6 @@ reset_clock='__l=${EPOCHREALTIME/./}; '
 declare -A samples  # samples[step|mode] = "us us ..."
 declare -A failed   # failed[step|mode] = 1 when any run of it failed
 
-why() {  # why FILE: the first error line of a sandbox's stderr
-  local line
-  line=$(grep -m1 -iE 'error|cannot|denied|too many|no such|refus|fail' "$1" 2>/dev/null || true)
-  [ -n "$line" ] || line=$(tail -c 200 "$1" | tr '\n' ' ')
-  printf '%s' "${line:0:240}"
-}
 
 # measure PREPARE INNER: RUNS interleaved iterations in every mode; PREPARE
 # runs natively (untimed) before each.
