@@ -34,6 +34,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
 #include <mutex>
 #include <new>
 #include <thread>
@@ -258,6 +261,17 @@ class View {
 
   std::mutex mu_;  // guards the node tree: children maps, parent/name, nlookup
 
+  // viewIno returns the inode number the view reports for the host's
+  // (DEV, INO), or for node N when it is synthetic. The kernel gives every
+  // file of a FUSE mount the mount's own device, so host inode numbers from
+  // different filesystems would collide, and programs that identify files
+  // by (device, inode) (virtiofsd in VM mode, tar, du, cp -a) would take
+  // one file for another. Hard links keep one number.
+  uint64_t viewIno(dev_t dev, ino_t ino, const Node* n);
+  std::mutex ino_mu_;                        // guards devs_ and big_inos_; leaf lock
+  std::vector<dev_t> devs_;                  // host devices seen, by index
+  std::map<std::pair<dev_t, ino_t>, uint64_t> big_inos_;  // inodes of 2^48 and over
+
   std::mutex hidden_mu_;
   std::unordered_set<uint64_t> hidden_inodes_;  // (dev, ino) of hidden files seen
   std::condition_variable scan_cv_;
@@ -397,6 +411,28 @@ Node* View::attachLocked(Node* parent, const char* name, const struct stat& st, 
   return n;
 }
 
+uint64_t View::viewIno(dev_t dev, ino_t ino, const Node* n) {
+  constexpr uint64_t kLow = 1ull << 48;
+  if (n != nullptr && n->synthetic) {
+    // Synthetic directories share one empty host directory; each node is
+    // its own object (the top of the range, below the big inodes).
+    return (0xFFFEull << 48) | ((reinterpret_cast<uintptr_t>(n) >> 4) & (kLow - 1));
+  }
+  std::lock_guard<std::mutex> lock(ino_mu_);
+  size_t idx = 0;
+  while (idx < devs_.size() && devs_[idx] != dev) {
+    ++idx;
+  }
+  if (idx == devs_.size()) {
+    devs_.push_back(dev);
+  }
+  if (ino < kLow && idx < 0xFFFD) {
+    return (static_cast<uint64_t>(idx + 1) << 48) | ino;
+  }
+  auto [it, fresh] = big_inos_.try_emplace({dev, ino}, (0xFFFFull << 48) + big_inos_.size());
+  return it->second;
+}
+
 void View::lookup(fuse_req_t req, fuse_ino_t parent_ino, const char* name) {
   fuse_entry_param e{};
   int err = resolve(req, node(parent_ino), name, false, &e);
@@ -517,6 +553,7 @@ int View::resolve(fuse_req_t req, Node* parent, const char* name, bool listing,
   }
   out->ino = reinterpret_cast<fuse_ino_t>(n);
   out->attr = st;
+  out->attr.st_ino = viewIno(st.st_dev, st.st_ino, n);
   out->attr_timeout = timeoutFor(n->write_verdict);
   out->entry_timeout = out->attr_timeout;
   return 0;
@@ -574,6 +611,7 @@ void View::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (n->traverse_only) {
     st.st_mode = (st.st_mode & ~07777) | 0555;
   }
+  st.st_ino = viewIno(st.st_dev, st.st_ino, n);
   fuse_reply_attr(req, &st, timeoutFor(n->write_verdict));
 }
 
@@ -918,6 +956,7 @@ void View::create(fuse_req_t req, fuse_ino_t parent_ino, const char* name, mode_
   fuse_entry_param e{};
   e.ino = reinterpret_cast<fuse_ino_t>(n);
   e.attr = st;
+  e.attr.st_ino = viewIno(st.st_dev, st.st_ino, n);
   e.attr_timeout = timeoutFor(v);
   e.entry_timeout = e.attr_timeout;
   fi->keep_cache = 1;
@@ -993,7 +1032,7 @@ void View::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
     }
     if (show) {
       fuse_entry_param e{};
-      e.attr.st_ino = ent->d_ino;
+      e.attr.st_ino = viewIno(n->dev, ent->d_ino, nullptr);
       e.attr.st_mode = static_cast<mode_t>(ent->d_type) << 12;
       size_t len;
       if (!plus) {
@@ -1203,6 +1242,40 @@ void View::scanHidden() {
   }
 }
 
+namespace {
+
+// fuseMounts lists the mount points of FUSE filesystems (this view, other
+// sessions' views, sshfs): a walk must not enter them, since a view that
+// is stopping never answers, and what they hold is not the host's.
+std::unordered_set<std::string> fuseMounts() {
+  std::unordered_set<std::string> out;
+  std::ifstream f("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    // id parent major:minor root mountpoint options... - fstype source super
+    std::istringstream in(line);
+    std::string id, parent, devno, root, point;
+    in >> id >> parent >> devno >> root >> point;
+    size_t dash = line.find(" - ");
+    if (dash == std::string::npos || line.compare(dash + 3, 4, "fuse") != 0) {
+      continue;
+    }
+    std::string decoded;  // mountinfo escapes space, tab, newline, backslash as \ooo
+    for (size_t i = 0; i < point.size(); ++i) {
+      if (point[i] == '\\' && i + 3 < point.size()) {
+        decoded += static_cast<char>(std::stoi(point.substr(i + 1, 3), nullptr, 8));
+        i += 3;
+      } else {
+        decoded += point[i];
+      }
+    }
+    out.insert(decoded);
+  }
+  return out;
+}
+
+}  // namespace
+
 void View::scanHiddenByGlob() {
   // Files hidden by a glob (**/.env) can sit anywhere visible. Walk the
   // visible literal roots, read-write first, and record every hidden file
@@ -1217,6 +1290,7 @@ void View::scanHiddenByGlob() {
   }
   size_t budget = 300000;
   std::unordered_set<std::string> done;
+  const std::unordered_set<std::string> skip = fuseMounts();
   for (const std::string& root : roots) {
     bool covered = false;
     for (const std::string& d : done) {
@@ -1244,7 +1318,9 @@ void View::scanHiddenByGlob() {
         }
         std::string path = dir + "/" + e->d_name;
         if (e->d_type == DT_DIR) {
-          stack.push_back(std::move(path));
+          if (skip.count(path) == 0 && path != opts_.mountpoint) {
+            stack.push_back(std::move(path));
+          }
           continue;
         }
         if (e->d_type != DT_REG && e->d_type != DT_UNKNOWN) {

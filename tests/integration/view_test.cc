@@ -1,6 +1,7 @@
 // The filesystem view mounted on its own (no jail), read from the host side.
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -255,6 +256,57 @@ TEST_CASE("view: read-only files refuse every write open and hidden names stay a
   }
   CHECK(readFile(host_env) == "TOKEN=1\n");
   view.value().reset();
+}
+
+}  // namespace
+}  // namespace guard::testing
+
+namespace guard::testing {
+namespace {
+
+TEST_CASE("view: files of different host filesystems never share an inode number; links do",
+          "[integration][view]") {
+  if (access("/dev/fuse", R_OK | W_OK) != 0) {
+    GUARD_SKIP("/dev/fuse is not usable here");
+  }
+  if (geteuid() != 0) {
+    GUARD_SKIP("mounting the two tmpfs filesystems needs root");
+  }
+  TempDir dir;
+  std::string mnt = dir.path() + "/mnt";
+  REQUIRE(mkdir(mnt.c_str(), 0700) == 0);
+  dir.write("project/.keep", "");
+  // Two fresh tmpfs filesystems number their first files alike.
+  std::string a = dir.path() + "/project/a";
+  std::string b = dir.path() + "/project/b";
+  REQUIRE(mkdir(a.c_str(), 0755) == 0);
+  REQUIRE(mkdir(b.c_str(), 0755) == 0);
+  REQUIRE(mount("tmpfs", a.c_str(), "tmpfs", 0, "size=1m") == 0);
+  REQUIRE(mount("tmpfs", b.c_str(), "tmpfs", 0, "size=1m") == 0);
+  dir.write("project/a/f", "A\n");
+  dir.write("project/b/f", "B\n");
+  REQUIRE(link((a + "/f").c_str(), (a + "/g").c_str()) == 0);
+  struct stat ha {}, hb {};
+  REQUIRE(stat((a + "/f").c_str(), &ha) == 0);
+  REQUIRE(stat((b + "/f").c_str(), &hb) == 0);
+  INFO("host inodes " << ha.st_ino << " and " << hb.st_ino);
+
+  policy::Policy p = viewPolicy(dir.path());
+  policy::MemoryAuditSink sink;
+  fusefs::ViewOptions opts;
+  opts.mountpoint = mnt;
+  auto view = fusefs::mountView(p, &sink, opts);
+  REQUIRE(view.ok());
+  struct stat va {}, vb {}, vg {};
+  CHECK(stat((mnt + a + "/f").c_str(), &va) == 0);
+  CHECK(stat((mnt + b + "/f").c_str(), &vb) == 0);
+  CHECK(stat((mnt + a + "/g").c_str(), &vg) == 0);
+  CHECK(va.st_dev == vb.st_dev);  // the kernel gives every file the view's device
+  CHECK(va.st_ino != vb.st_ino);
+  CHECK(va.st_ino == vg.st_ino);  // a hard link is still one file
+  view.value().reset();
+  umount2(a.c_str(), MNT_DETACH);
+  umount2(b.c_str(), MNT_DETACH);
 }
 
 }  // namespace
