@@ -3,9 +3,9 @@
 // Every connection is a Conn with two Sides (down: the agent, up: the
 // server). Sockets are edge-triggered; an event only marks a side readable
 // or writable, and pump() then moves bytes until nothing more can move.
-// TLS runs over memory BIOs, so the same byte plumbing serves plain and
-// encrypted sides, and the ClientHello read for the decision is replayed
-// into the TLS server untouched.
+// TLS runs over a BIO on the sides' own buffers (sideBio), so the same byte
+// plumbing serves plain and encrypted sides, and the ClientHello read for
+// the decision is replayed into the TLS server untouched.
 #include "mitm-proxy/proxy.h"
 
 #include <ares.h>
@@ -51,7 +51,8 @@ using policy::AuditEvent;
 using policy::Verdict;
 
 constexpr size_t kCap = 256 * 1024;   // bytes buffered per direction before reads pause
-constexpr size_t kChunk = 64 * 1024;  // one read
+constexpr size_t kChunk = 64 * 1024;  // one read into a small buffer
+constexpr size_t kRecord = 16384;     // the most plaintext in a TLS record (RFC 8446 5.1)
 constexpr auto kHandshakeTimeout = std::chrono::seconds(15);
 constexpr auto kIdleTimeout = std::chrono::seconds(600);
 constexpr size_t kMaxConns = 16384;
@@ -175,6 +176,105 @@ struct Handler {
   virtual ~Handler() = default;
 };
 
+// Buffer is a byte queue of a side. Consumers take bytes from the front by
+// moving an offset (nothing behind them shifts); producers (read(),
+// SSL_read) can write straight into the spare room at the back, which is
+// never zero-filled. Like a std::string it keeps its storage when it
+// empties; the live bytes move to the front only when the room behind them
+// runs out and the consumed part is at least as large as they are, so a
+// queue that never quite empties stays within a few times its live size.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Buffer&& o) noexcept { *this = std::move(o); }
+  Buffer& operator=(Buffer&& o) noexcept {
+    data_ = std::move(o.data_);
+    cap_ = std::exchange(o.cap_, 0);
+    off_ = std::exchange(o.off_, 0);
+    end_ = std::exchange(o.end_, 0);
+    return *this;
+  }
+
+  size_t size() const { return end_ - off_; }
+  bool empty() const { return end_ == off_; }
+  const char* data() const { return data_.get() + off_; }
+  operator std::string_view() const { return {data(), size()}; }  // parsers read it as text
+  // spare is how many bytes fit behind the live ones without allocating.
+  size_t spare() const { return cap_ - size(); }
+
+  void clear() { off_ = end_ = 0; }
+  void append(std::string_view s) {
+    if (!s.empty()) {
+      memcpy(tail(s.size()), s.data(), s.size());
+      end_ += s.size();
+    }
+  }
+  // erase removes N bytes at POS; from the front it only moves the offset.
+  void erase(size_t pos, size_t n) {
+    n = std::min(n, size() - pos);
+    if (pos == 0) {
+      off_ += n;
+    } else {
+      char* at = data_.get() + off_ + pos;
+      memmove(at, at + n, size() - pos - n);
+      end_ -= n;
+    }
+    if (off_ == end_) {
+      clear();
+    }
+  }
+  // replace puts S in place of the N bytes at POS.
+  void replace(size_t pos, size_t n, std::string_view s) {
+    if (n == 0 && s.empty()) {
+      return;
+    }
+    if (s.size() > n) {
+      tail(s.size() - n);  // may move the live bytes: POS counts from the front
+    }
+    char* at = data_.get() + off_ + pos;
+    memmove(at + s.size(), at + n, size() - pos - n);
+    memcpy(at, s.data(), s.size());
+    end_ = end_ - n + s.size();
+  }
+  // resize truncates to N bytes (or pads with zeros).
+  void resize(size_t n) {
+    if (n > size()) {
+      memset(tail(n - size()), 0, n - size());
+    }
+    end_ = off_ + n;
+    if (off_ == end_) {
+      clear();
+    }
+  }
+  // tail returns room for at least N bytes behind the live ones; commit(N)
+  // then makes N bytes written there part of the buffer.
+  char* tail(size_t n) {
+    if (cap_ - end_ < n) {
+      if (off_ >= size() && cap_ - size() >= n) {
+        memmove(data_.get(), data(), size());  // compact: no more than what was consumed
+      } else {
+        size_t cap = std::max(cap_ * 2, size() + n);
+        auto bigger = std::make_unique_for_overwrite<char[]>(cap);
+        if (!empty()) {
+          memcpy(bigger.get(), data(), size());
+        }
+        data_ = std::move(bigger);
+        cap_ = cap;
+      }
+      end_ = size();
+      off_ = 0;
+    }
+    return data_.get() + end_;
+  }
+  void commit(size_t n) { end_ += n; }
+
+ private:
+  std::unique_ptr<char[]> data_;
+  size_t cap_ = 0;
+  size_t off_ = 0;  // bytes before it are consumed
+  size_t end_ = 0;  // bytes from it on are free
+};
+
 class Proxy;
 struct Conn;
 
@@ -183,21 +283,19 @@ struct Side : Handler {
   Conn* conn = nullptr;
   int fd = -1;
   SSL* ssl = nullptr;
-  std::string raw_in;   // ssl: ciphertext from the socket, read by ssl from raw_off on
-  size_t raw_off = 0;
+  Buffer raw_in;         // ssl: ciphertext from the socket, not yet read by ssl
   bool readable = false;
   bool writable = false;
   bool hup = false;      // the peer closed (or failed): read until EOF
   bool raw_eof = false;  // the socket said EOF
   bool eof = false;      // the plaintext stream ended
   bool shut = false;     // we sent our EOF
-  std::string in;        // plaintext received, not yet consumed
-  std::string out;       // bytes for the socket (ciphertext when ssl)
-  size_t out_off = 0;
+  Buffer in;             // plaintext received, not yet consumed
+  Buffer out;            // bytes for the socket (ciphertext when ssl)
   size_t cap = kCap;     // reads pause while this much plaintext waits (raised for MCP bodies)
 
   void onEvent(uint32_t events) override;
-  size_t pending() const { return out.size() - out_off; }
+  size_t pending() const { return out.size(); }
   bool handshaken() const { return ssl == nullptr || SSL_is_init_finished(ssl); }
   void closeAll() {
     if (ssl != nullptr) {
@@ -220,7 +318,7 @@ BIO_METHOD* sideBio() {
     BIO_meth_set_read(m, [](BIO* b, char* out, int len) -> int {
       auto* s = static_cast<Side*>(BIO_get_data(b));
       BIO_clear_retry_flags(b);
-      size_t avail = s == nullptr ? 0 : s->raw_in.size() - s->raw_off;
+      size_t avail = s == nullptr ? 0 : s->raw_in.size();
       if (avail == 0) {
         if (s != nullptr && s->raw_eof) {
           return 0;
@@ -229,12 +327,8 @@ BIO_METHOD* sideBio() {
         return -1;
       }
       size_t n = std::min(avail, static_cast<size_t>(len));
-      memcpy(out, s->raw_in.data() + s->raw_off, n);
-      s->raw_off += n;
-      if (s->raw_off == s->raw_in.size()) {
-        s->raw_in.clear();
-        s->raw_off = 0;
-      }
+      memcpy(out, s->raw_in.data(), n);
+      s->raw_in.erase(0, n);
       return static_cast<int>(n);
     });
     BIO_meth_set_write(m, [](BIO* b, const char* in, int len) -> int {
@@ -242,7 +336,7 @@ BIO_METHOD* sideBio() {
       if (s == nullptr) {
         return -1;  // parked: nothing may be written
       }
-      s->out.append(in, static_cast<size_t>(len));
+      s->out.append({in, static_cast<size_t>(len)});
       return len;
     });
     BIO_meth_set_ctrl(m, [](BIO*, int cmd, long, void*) -> long { return cmd == BIO_CTRL_FLUSH ? 1 : 0; });
@@ -1155,8 +1249,10 @@ bool Proxy::decide(Conn* c, const std::string& name, const policy::IpAddr* ip, c
       c->inspect = true;  // the swap needs to see the request
     }
   }
-  record({{"event", "connect"}, {"conn", c->id}, {"target", c->peer}, {"via", via},
-          {"decision", policy::decisionName(v.decision)}, {"rule", v.rule.id}});
+  if (record_ != nullptr) {
+    record({{"event", "connect"}, {"conn", c->id}, {"target", c->peer}, {"via", via},
+            {"decision", policy::decisionName(v.decision)}, {"rule", v.rule.id}});
+  }
   if (!v.allowed()) {
     auditConn(c, "deny", &v, "", {{"via", via}});
     refuse(c, 403, "guard: connection to " + c->peer + " denied by rule " + std::string(v.rule.id) +
@@ -1332,7 +1428,7 @@ void Proxy::destroy(Conn* c) {
   }
   c->destroyed = true;
   c->dead = true;
-  if (c->requests > 0 || c->bytes_up > 0 || c->bytes_down > 0) {
+  if (record_ != nullptr && (c->requests > 0 || c->bytes_up > 0 || c->bytes_down > 0)) {
     record({{"event", "close"}, {"conn", c->id}, {"target", c->peer}, {"requests", c->requests},
             {"bytes_up", c->bytes_up}, {"bytes_down", c->bytes_down}});
   }
@@ -1365,7 +1461,7 @@ bool Proxy::parkUpstream(Conn* c) {
   if (!c->intercept || c->phase != Phase::kHttp || c->req != Msg::kHead || c->resp != Msg::kHead ||
       !c->methods.empty() || up->fd < 0 || up->ssl == nullptr || !SSL_is_init_finished(up->ssl) ||
       up->eof || up->raw_eof || up->shut || !up->in.empty() || up->pending() != 0 ||
-      up->raw_in.size() != up->raw_off || pooled_ >= kPoolMax) {
+      !up->raw_in.empty() || pooled_ >= kPoolMax) {
     return false;
   }
   auto& list = pool_[poolKey(c)];
@@ -1492,9 +1588,9 @@ bool Proxy::io(Conn* c, Side* s) {
   char buf[kChunk];
   // TLS output waiting in the BIO goes to the socket buffer first.
   while (s->writable && s->pending() > 0) {
-    ssize_t n = write(s->fd, s->out.data() + s->out_off, s->pending());
+    ssize_t n = write(s->fd, s->out.data(), s->out.size());
     if (n > 0) {
-      s->out_off += static_cast<size_t>(n);
+      s->out.erase(0, static_cast<size_t>(n));
       progress = true;
     } else if (n < 0 && errno == EINTR) {
       continue;
@@ -1504,29 +1600,29 @@ bool Proxy::io(Conn* c, Side* s) {
       s->raw_eof = s->eof = true;  // the peer is gone
       s->writable = false;
       s->out.clear();
-      s->out_off = 0;
       progress = true;
     }
   }
-  if (s->pending() == 0 && !s->out.empty()) {
-    s->out.clear();
-    s->out_off = 0;
-  }
-  while (s->readable && !s->raw_eof &&
-         (s->ssl ? s->raw_in.size() - s->raw_off : s->in.size()) < s->cap) {
-    ssize_t n = read(s->fd, buf, sizeof(buf));
+  Buffer& dst = s->ssl != nullptr ? s->raw_in : s->in;
+  while (s->readable && !s->raw_eof && dst.size() < s->cap) {
+    // A buffer with room (one that has carried bulk data) takes the bytes
+    // straight, up to kCap in one read; a small one reads through BUF, so
+    // connections that carry little keep small buffers.
+    bool direct = dst.spare() >= kChunk && s->cap - dst.size() >= kChunk;
+    size_t want = direct ? std::min({dst.spare(), s->cap - dst.size(), kCap}) : sizeof(buf);
+    ssize_t n = read(s->fd, direct ? dst.tail(want) : buf, want);
     if (n > 0) {
       progress = true;
       c->last = Clock::now();
-      if (static_cast<size_t>(n) < sizeof(buf) && !s->hup) {
+      if (static_cast<size_t>(n) < want && !s->hup) {
         // A short read emptied the socket; more data (or the peer's EOF)
         // raises a new edge, so the read that would say EAGAIN is saved.
         s->readable = false;
       }
-      if (s->ssl != nullptr) {
-        s->raw_in.append(buf, static_cast<size_t>(n));
+      if (direct) {
+        dst.commit(static_cast<size_t>(n));
       } else {
-        s->in.append(buf, static_cast<size_t>(n));
+        dst.append({buf, static_cast<size_t>(n)});
       }
     } else if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
       s->raw_eof = true;
@@ -1562,10 +1658,20 @@ bool Proxy::io(Conn* c, Side* s) {
         }
       }
     }
-    while (SSL_is_init_finished(s->ssl) && !s->eof && s->in.size() < s->cap) {
-      int n = SSL_read(s->ssl, buf, sizeof(buf));
+    // Without ciphertext left (or an EOF to report), SSL_read could only
+    // say it wants more: it is not called.
+    while (SSL_is_init_finished(s->ssl) && !s->eof && s->in.size() < s->cap &&
+           (!s->raw_in.empty() || s->raw_eof || SSL_has_pending(s->ssl))) {
+      // Plaintext goes straight into IN when it has room for a record.
+      bool direct = s->in.spare() >= kRecord;
+      int n = direct ? SSL_read(s->ssl, s->in.tail(kRecord), kRecord)
+                     : SSL_read(s->ssl, buf, sizeof(buf));
       if (n > 0) {
-        s->in.append(buf, static_cast<size_t>(n));
+        if (direct) {
+          s->in.commit(static_cast<size_t>(n));
+        } else {
+          s->in.append({buf, static_cast<size_t>(n)});
+        }
         progress = true;
         continue;
       }
@@ -1778,7 +1884,6 @@ bool Proxy::stepClassify(Conn* c) {
         return true;
       }
       c->down.raw_in = std::move(c->down.in);  // the ClientHello, replayed into TLS
-      c->down.raw_off = 0;
       c->down.in.clear();
       c->phase = Phase::kHttp;
       if (c->up_state == Up::kIdle && !takeUpstream(c)) {
@@ -1927,8 +2032,11 @@ bool Proxy::requestFilter(Conn* c) {
     }
     // A secret (real or placeholder, in any encoding) headed anywhere but
     // where its credential may go is exfiltration.
-    std::string text = head.serialize();
-    if (auto hit = scanner_.find(text, c->allowed_secrets)) {
+    std::optional<SecretScanner::Hit> hit;
+    if (!scanner_.empty()) {
+      hit = scanner_.find(head.serialize(), c->allowed_secrets);
+    }
+    if (hit) {
       const Secret& s = o_.secrets[hit->secret];
       details["credential"] = s.name;
       details["form"] = hit->form;
@@ -1994,9 +2102,11 @@ bool Proxy::requestFilter(Conn* c) {
     }
     c->mcp.push_back(mcp_server);
     ++c->requests;
-    audit("http", url, "allow", nullptr, "", details);
-    record({{"event", "http"}, {"conn", c->id}, {"url", url}, {"method", head.method},
-            {"credentials", injected}});
+    audit("http", url, "allow", nullptr, "", std::move(details));
+    if (record_ != nullptr) {
+      record({{"event", "http"}, {"conn", c->id}, {"url", url}, {"method", head.method},
+              {"credentials", injected}});
+    }
     c->methods.push_back(head.method);
     down->in.erase(0, len);
     if (!sendTo(c, up, head.serialize())) {
@@ -2065,7 +2175,9 @@ bool Proxy::moveBody(Conn* c, Body* b, Side* from, Side* to, bool request) {
   }
   size_t keep = b->ended ? 0 : std::min(region.size(), window);
   if (request && !scanner_.empty()) {
-    std::string text = c->scan_tail + std::string(region);
+    std::string text;
+    text.reserve(c->scan_tail.size() + region.size());
+    text.append(c->scan_tail).append(region);
     if (auto hit = scanner_.find(text, c->allowed_secrets)) {
       const Secret& s = o_.secrets[hit->secret];
       audit("exfiltration", c->peer, "deny", nullptr,
@@ -2147,9 +2259,12 @@ bool Proxy::responseFilter(Conn* c) {
       refuse(c, 502, "guard: the server sent a compressed response; refused on a credential connection");
       return true;
     }
-    size_t redacted = redactValues(o_.secrets, &head.reason);
-    for (HttpHeader& h : head.headers) {
-      redacted += redactValues(o_.secrets, &h.value);
+    size_t redacted = 0;
+    if (has_values_) {
+      redacted += redactValues(o_.secrets, &head.reason);
+      for (HttpHeader& h : head.headers) {
+        redacted += redactValues(o_.secrets, &h.value);
+      }
     }
     if (redacted > 0) {
       audit("redact", c->peer, "allow", nullptr, "a response header carried a credential's real value; the agent got the placeholder",
@@ -2177,7 +2292,7 @@ bool Proxy::responseFilter(Conn* c) {
     if (head.status < 200) {
       continue;  // 1xx: the final response follows
     }
-    std::string method = c->methods.front();
+    std::string method = std::move(c->methods.front());
     c->methods.pop_front();
     if (!c->mcp.empty()) {
       c->mcp.pop_front();
@@ -2213,8 +2328,12 @@ Proxy::McpStep Proxy::mcpRequest(Conn* c, HttpHead* head, size_t head_len, Frami
                         (c->port != default_port ? ":" + std::to_string(c->port) : "") +
                         head->target.substr(0, head->target.find('?'));
   *server = std::string(p_.mcpServerForUrl(mcp_url));
-  std::string origin = mcp_url.substr(0, mcp_url.size() - head->target.substr(0, head->target.find('?')).size());
-  auto learned = mcp_endpoints_.find(origin + head->target);
+  auto learned = mcp_endpoints_.end();
+  if (!mcp_endpoints_.empty()) {
+    std::string origin =
+        mcp_url.substr(0, mcp_url.size() - head->target.substr(0, head->target.find('?')).size());
+    learned = mcp_endpoints_.find(origin + head->target);
+  }
   if (server->empty() && learned != mcp_endpoints_.end()) {
     *server = learned->second.server;
   }
