@@ -80,11 +80,6 @@ void auditMcp(const McpContext& ctx, const char* action, const std::string& targ
 
 namespace {
 
-void emitEvent(const McpContext& ctx, const char* action, const std::string& target,
-               const Verdict& v, const std::string& reason, json details) {
-  auditMcp(ctx, action, target, v, reason, std::move(details));
-}
-
 // isMcpMethod tells MCP traffic from other JSON-RPC on stdio (language
 // servers speak JSON-RPC too): MCP's own method names, and an initialize
 // that carries MCP's protocolVersion.
@@ -193,7 +188,7 @@ void McpFilter::fromClient(std::string_view msg, std::string* out_server,
     } else if (how == "hash") {
       details["arguments_sha256"] = hexSha256(args_text);
     }
-    emitEvent(*ctx_, "tools/call", server_ + "/" + tool, v, reason, std::move(details));
+    auditMcp(*ctx_, "tools/call", server_ + "/" + tool, v, reason, std::move(details));
     if (!v.allowed() && refusal.empty()) {
       refusal = "guard: tool '" + tool + "' of MCP server '" + server_ + "' is denied by " +
                 std::string(v.rule.id) + (v.reason.empty() ? "" : ": " + std::string(v.reason)) +
@@ -261,7 +256,7 @@ void McpFilter::fromServer(std::string_view msg, std::string* out_client) {
       (*r)["tools"] = std::move(kept);
       changed = true;
       Verdict v = ctx_->policy->mcpTool(server_, removed[0].get<std::string>());
-      emitEvent(*ctx_, "tools/list", server_, v, "denied tools removed from the list",
+      auditMcp(*ctx_, "tools/list", server_, v, "denied tools removed from the list",
                 {{"server", server_}, {"transport", transport_}, {"removed", removed}});
     }
   };
@@ -651,11 +646,6 @@ void McpSupervisor::start(int listener) {
   }).detach();
 }
 
-void McpSupervisor::audit(const char* action, const std::string& target, const Verdict& v,
-                          json details) {
-  emitEvent(ctx_, action, target, v, {}, std::move(details));
-}
-
 void McpSupervisor::serveOne(int conn) {
   std::string msg;
   std::vector<int> fds;
@@ -721,7 +711,7 @@ void McpSupervisor::exec(int conn, std::string_view payload, const std::vector<i
     std::string message = "MCP server '" + name + "' (" + joinArgv(argv) + ") is denied by " +
                           std::string(v.rule.id) +
                           (v.reason.empty() ? "" : ": " + std::string(v.reason));
-    audit("start", name, v, std::move(details));
+    auditMcp(ctx_, "start", name, v, {}, std::move(details));
     deny(conn, name, message, fds[0], fds[1], {});
     return;
   }
@@ -739,7 +729,7 @@ void McpSupervisor::exec(int conn, std::string_view payload, const std::vector<i
     std::lock_guard<std::mutex> lock(mu_);
     wrapped_.insert(st.st_ino);
   }
-  audit("start", name, v, std::move(details));
+  auditMcp(ctx_, "start", name, v, {}, std::move(details));
   sendReply(conn, "W", sv[1]);
   close(sv[1]);
   close(conn);
@@ -862,7 +852,7 @@ void McpSupervisor::sniffed(int conn, std::string_view payload, const std::vecto
   if (v.allowed() && name.empty()) {
     // The default admits servers no entry names; there is no entry whose
     // tools could be filtered, so the process goes on unwrapped.
-    audit("start", joinArgv(argv), v, std::move(details));
+    auditMcp(ctx_, "start", joinArgv(argv), v, {}, std::move(details));
     plain("P");
     return;
   }
@@ -875,7 +865,7 @@ void McpSupervisor::sniffed(int conn, std::string_view payload, const std::vecto
   if (v.allowed()) {
     v.decision = policy::Decision::kDeny;  // approved, but unfiltered: fail closed
   }
-  audit("start", name.empty() ? joinArgv(argv) : name, v, std::move(details));
+  auditMcp(ctx_, "start", name.empty() ? joinArgv(argv) : name, v, {}, std::move(details));
   deny(conn, name, message, fds[0], fds[1], data);
 }
 

@@ -127,8 +127,6 @@ class McpSupervisor {
   void sniffed(int conn, std::string_view payload, const std::vector<int>& fds);
   void deny(int conn, const std::string& server, const std::string& message, int client_in,
             int client_out, std::string_view already_read);
-  void audit(const char* action, const std::string& target, const policy::Verdict& v,
-             nlohmann::json details);
 
   McpContext ctx_;
   std::mutex mu_;                   // guards wrapped_; leaf lock

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <catch2/catch.hpp>
 #include <sstream>
 
 extern char** environ;
@@ -63,21 +64,21 @@ std::string TempDir::write(const std::string& name, const std::string& text, int
 }
 
 Run runProgram(const std::vector<std::string>& argv, const std::string& cwd,
-               const std::vector<std::string>& env, int timeout_ms) {
+               const std::vector<std::string>& env, int timeout_ms, std::string_view input) {
   Run r;
+  int in[2];
   int out[2];
   int err[2];
-  if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
     r.err = "pipe failed";
     return r;
   }
   pid_t pid = fork();
   if (pid == 0) {
     setpgid(0, 0);
+    dup2(in[0], 0);
     dup2(out[1], 1);
     dup2(err[1], 2);
-    int devnull = open("/dev/null", O_RDONLY);
-    dup2(devnull, 0);
     if (!cwd.empty() && chdir(cwd.c_str()) != 0) {
       _exit(126);
     }
@@ -98,10 +99,19 @@ Run runProgram(const std::vector<std::string>& argv, const std::string& cwd,
     }
     _exit(127);
   }
+  close(in[0]);
   close(out[1]);
   close(err[1]);
+  // stdin: INPUT, then end of file.
+  signal(SIGPIPE, SIG_IGN);
+  int in_fd = in[1];
+  fcntl(in_fd, F_SETFL, O_NONBLOCK);
+  if (input.empty()) {
+    close(in_fd);
+    in_fd = -1;
+  }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  struct pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+  struct pollfd fds[3] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}, {in_fd, POLLOUT, 0}};
   int open_fds = 2;
   char buf[65536];
   while (open_fds > 0) {
@@ -110,10 +120,25 @@ Run runProgram(const std::vector<std::string>& argv, const std::string& cwd,
                     .count();
     if (left <= 0) {
       kill(-pid, SIGKILL);
+      r.err += "\n[test: killed at the deadline]\n";
       break;
     }
-    if (poll(fds, 2, static_cast<int>(left)) < 0) {
+    fds[2].fd = in_fd;
+    if (poll(fds, 3, static_cast<int>(left)) < 0) {
       continue;
+    }
+    if (in_fd >= 0 && fds[2].revents != 0) {
+      ssize_t n = write(in_fd, input.data(), input.size());
+      if (n > 0) {
+        input.remove_prefix(static_cast<size_t>(n));
+      }
+      if (n < 0 && errno != EAGAIN && errno != EINTR) {
+        input = {};  // the reader is gone
+      }
+      if (input.empty()) {
+        close(in_fd);
+        in_fd = -1;
+      }
     }
     for (int i = 0; i < 2; ++i) {
       if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP)) != 0) {
@@ -128,10 +153,13 @@ Run runProgram(const std::vector<std::string>& argv, const std::string& cwd,
       }
     }
   }
-  for (auto& f : fds) {
-    if (f.fd >= 0) {
-      close(f.fd);
+  for (int i = 0; i < 2; ++i) {
+    if (fds[i].fd >= 0) {
+      close(fds[i].fd);
     }
+  }
+  if (in_fd >= 0) {
+    close(in_fd);
   }
   int status = 0;
   waitpid(pid, &status, 0);
@@ -149,6 +177,27 @@ std::string readFile(const std::string& path) {
   std::stringstream s;
   s << f.rdbuf();
   return s.str();
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::string describe(const Run& r) {
+  return "status " + std::to_string(r.status) + "\n--- stdout\n" + r.out + "--- stderr\n" + r.err;
+}
+
+void writeText(const std::string& path, const std::string& text, int mode) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << text;
+  f.close();
+  REQUIRE(chmod(path.c_str(), static_cast<mode_t>(mode)) == 0);
+}
+
+bool exists(const std::string& path) {
+  struct stat st {};
+  return lstat(path.c_str(), &st) == 0;
 }
 
 }  // namespace guard::testing

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace guard::testing {
@@ -41,11 +42,25 @@ struct Run {
   std::string err;
 };
 
-// runProgram runs ARGV (argv[0] looked up in PATH) with CWD and ENV (when not
-// empty: the whole environment), kills it after TIMEOUT_MS, and captures
-// stdout and stderr.
+// runProgram runs ARGV (argv[0] looked up in PATH) in a process group of its
+// own with CWD and ENV (when not empty: the whole environment), feeds INPUT
+// to its stdin and closes it, kills the group after TIMEOUT_MS, and
+// captures stdout and stderr.
 Run runProgram(const std::vector<std::string>& argv, const std::string& cwd = "",
-               const std::vector<std::string>& env = {}, int timeout_ms = 20000);
+               const std::vector<std::string>& env = {}, int timeout_ms = 20000,
+               std::string_view input = {});
+
+// contains says whether HAYSTACK holds NEEDLE.
+bool contains(const std::string& haystack, const std::string& needle);
+
+// describe renders R for a failure message: status, stdout, stderr.
+std::string describe(const Run& r);
+
+// writeText creates (or replaces) PATH with TEXT and MODE, parents included.
+void writeText(const std::string& path, const std::string& text, int mode = 0644);
+
+// exists says whether PATH names anything (a dangling symlink included).
+bool exists(const std::string& path);
 
 // guardBinary is the guard under test: $GUARD_BIN, else build/guard.
 std::string guardBinary();

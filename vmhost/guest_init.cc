@@ -47,6 +47,7 @@ namespace {
 
 namespace wire = guard::vmhost::wire;
 using wire::Frame;
+using wire::writeAll;
 
 constexpr const char* kRoot = "/root";        // where the view is mounted
 constexpr const char* kModules = "/modules";  // the kernel modules, and their order
@@ -64,26 +65,6 @@ int g_ctl = -1;  // the control port, once open
   for (;;) {
     pause();
   }
-}
-
-bool writeAll(int fd, const char* p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR) {
-      continue;
-    }
-    if (w < 0 && errno == EAGAIN) {
-      struct pollfd pfd = {fd, POLLOUT, 0};
-      poll(&pfd, 1, -1);
-      continue;
-    }
-    if (w <= 0) {
-      return false;
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
 }
 
 void sendFrame(Frame type, std::string_view payload) {

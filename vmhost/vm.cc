@@ -57,6 +57,7 @@ namespace guard::vmhost {
 namespace {
 
 using wire::Frame;
+using wire::writeAll;
 
 constexpr const char* kQemu = "qemu-system-x86_64";
 constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
@@ -199,26 +200,6 @@ unsigned long hostTscKhz() {
     }
   }
   return 0;
-}
-
-bool writeAll(int fd, const char* p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR) {
-      continue;
-    }
-    if (w < 0 && errno == EAGAIN) {
-      struct pollfd pfd = {fd, POLLOUT, 0};
-      poll(&pfd, 1, 1000);
-      continue;
-    }
-    if (w <= 0) {
-      return false;
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
 }
 
 // fakeSetgroups installs a seccomp filter under which setgroups(2) does

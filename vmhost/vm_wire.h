@@ -14,6 +14,10 @@
 // error on either side.
 #pragma once
 
+#include <poll.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -46,6 +50,28 @@ enum class Frame : uint8_t {
   kExit = 20,     // 4 bytes: the exit status as guard reports it (128+N for signal N)
   kError = 21,    // a setup error, one line of text; the guest powers off after it
 };
+
+// writeAll writes N bytes of P to FD, waiting while a non-blocking FD is
+// full; false when the peer is gone. Both ends of the control port use it.
+inline bool writeAll(int fd, const char* p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) {
+      continue;
+    }
+    if (w < 0 && errno == EAGAIN) {
+      struct pollfd pfd = {fd, POLLOUT, 0};
+      poll(&pfd, 1, -1);
+      continue;
+    }
+    if (w <= 0) {
+      return false;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
 
 inline void putLe32(std::string* out, uint32_t v) {
   for (int i = 0; i < 4; ++i) {

@@ -34,10 +34,6 @@ std::string currentUser() {
   return pw != nullptr ? pw->pw_name : std::to_string(geteuid());
 }
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 // Sandbox is one test's world: a project directory (the cwd), a system
 // directory (GUARD_SYSTEM_DIR, created only on request), an XDG config home
 // and a HOME, all inside one TempDir.
@@ -115,10 +111,6 @@ std::vector<std::string> layerLines(const std::string& show) {
     }
   }
   return out;
-}
-
-std::string describe(const Run& r) {
-  return "status " + std::to_string(r.status) + "\n--- stdout\n" + r.out + "--- stderr\n" + r.err;
 }
 
 // ---------------------------------------------------------------------------

@@ -71,29 +71,12 @@ constexpr char kRoCanary[] = "GUARD-CANARY-READONLY-9c03aa\n";
 constexpr char kUnprivUser[] = "guardtest";
 constexpr char kPath[] = "/usr/local/bin:/usr/bin:/bin";
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 std::string guardPath() {
   std::string b = guardBinary();
   return !b.empty() && b[0] != '/' ? fs::absolute(b).string() : b;
 }
 
 bool isRoot() { return geteuid() == 0; }
-
-void writeText(const std::string& path, const std::string& text, int mode = 0644) {
-  fs::create_directories(fs::path(path).parent_path());
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << text;
-  f.close();
-  REQUIRE(chmod(path.c_str(), static_cast<mode_t>(mode)) == 0);
-}
-
-bool exists(const std::string& path) {
-  struct stat st {};
-  return lstat(path.c_str(), &st) == 0;
-}
 
 std::vector<std::string> lines(const std::string& text) {
   std::vector<std::string> out;
@@ -103,10 +86,6 @@ std::vector<std::string> lines(const std::string& text) {
     out.push_back(line);
   }
   return out;
-}
-
-std::string describe(const Run& r) {
-  return "status " + std::to_string(r.status) + "\n--- stdout\n" + r.out + "--- stderr\n" + r.err;
 }
 
 // ---------------------------------------------------------------------------

@@ -34,14 +34,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-std::string describe(const Run& r) {
-  return "status " + std::to_string(r.status) + "\n--- stdout\n" + r.out + "--- stderr\n" + r.err;
-}
-
 std::string guardPath() { return fs::absolute(guardBinary()).string(); }
 
 // fixtures is tests/mcp of the tree this test program was built in
@@ -52,19 +44,6 @@ std::string fixtures() {
 
 std::string serverJs(const std::string& pkg) {
   return fixtures() + "/node_modules/@modelcontextprotocol/" + pkg + "/dist/index.js";
-}
-
-void writeText(const std::string& path, const std::string& text, int mode = 0644) {
-  fs::create_directories(fs::path(path).parent_path());
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << text;
-  f.close();
-  REQUIRE(chmod(path.c_str(), static_cast<mode_t>(mode)) == 0);
-}
-
-bool exists(const std::string& path) {
-  struct stat st {};
-  return lstat(path.c_str(), &st) == 0;
 }
 
 // World: one test's project, policy and audit log.

@@ -25,10 +25,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bool contains(const std::string &haystack, const std::string &needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 const std::vector<std::string> &cleanEnv() {
   static const std::vector<std::string> env = {
       "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/nonexistent",

@@ -47,25 +47,9 @@ constexpr char kRoCanary[] = "GUARD-VM-CANARY-READONLY-5d0e\n";
 constexpr char kPath[] = "/usr/local/bin:/usr/bin:/bin";
 constexpr int kTimeoutMs = 90000;  // one TCG boot and a command, with margin
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 std::string guardPath() {
   std::string b = guardBinary();
   return !b.empty() && b[0] != '/' ? fs::absolute(b).string() : b;
-}
-
-void writeText(const std::string& path, const std::string& text, int mode = 0644) {
-  fs::create_directories(fs::path(path).parent_path());
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << text;
-  f.close();
-  REQUIRE(chmod(path.c_str(), static_cast<mode_t>(mode)) == 0);
-}
-
-std::string describe(const Run& r) {
-  return "status " + std::to_string(r.status) + "\n--- stdout\n" + r.out + "--- stderr\n" + r.err;
 }
 
 // vmMissing says why VM mode cannot run here, or "" when it can.
@@ -102,100 +86,10 @@ std::string vmMissing() {
     }                                                   \
   } while (0)
 
-// Runner: a child in its own process group, stdin fed then closed, stdout
-// and stderr collected, killed at the deadline.
+// runFed runs ARGV with INPUT on stdin, at the VM tests' deadline.
 Run runFed(const std::vector<std::string>& argv, const std::string& cwd,
            const std::vector<std::string>& env, const std::string& input) {
-  Run r;
-  int in[2];
-  int out[2];
-  int err[2];
-  REQUIRE(pipe2(in, O_CLOEXEC) == 0);
-  REQUIRE(pipe2(out, O_CLOEXEC) == 0);
-  REQUIRE(pipe2(err, O_CLOEXEC) == 0);
-  std::vector<char*> args;
-  for (const std::string& a : argv) {
-    args.push_back(const_cast<char*>(a.c_str()));
-  }
-  args.push_back(nullptr);
-  std::vector<char*> envp;
-  for (const std::string& e : env) {
-    envp.push_back(const_cast<char*>(e.c_str()));
-  }
-  envp.push_back(nullptr);
-  pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    setpgid(0, 0);
-    dup2(in[0], 0);
-    dup2(out[1], 1);
-    dup2(err[1], 2);
-    if (chdir(cwd.c_str()) != 0) {
-      _exit(126);
-    }
-    execve(args[0], args.data(), envp.data());
-    _exit(127);
-  }
-  close(in[0]);
-  close(out[1]);
-  close(err[1]);
-  signal(SIGPIPE, SIG_IGN);
-  size_t fed = 0;
-  int in_fd = in[1];
-  fcntl(in_fd, F_SETFL, O_NONBLOCK);
-  if (input.empty()) {
-    close(in_fd);
-    in_fd = -1;
-  }
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kTimeoutMs);
-  bool out_open = true;
-  bool err_open = true;
-  while (out_open || err_open) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    deadline - std::chrono::steady_clock::now())
-                    .count();
-    if (left <= 0) {
-      kill(-pid, SIGKILL);
-      r.err += "\n[test: killed at the deadline]\n";
-      break;
-    }
-    struct pollfd p[3] = {{out_open ? out[0] : -1, POLLIN, 0},
-                          {err_open ? err[0] : -1, POLLIN, 0},
-                          {in_fd, POLLOUT, 0}};
-    if (poll(p, 3, static_cast<int>(left)) < 0) {
-      continue;
-    }
-    char buf[4096];
-    for (int i = 0; i < 2; ++i) {
-      if (p[i].revents != 0) {
-        ssize_t n = read(i == 0 ? out[0] : err[0], buf, sizeof(buf));
-        if (n > 0) {
-          (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
-        } else {
-          (i == 0 ? out_open : err_open) = false;
-        }
-      }
-    }
-    if (in_fd >= 0 && p[2].revents != 0) {
-      ssize_t n = write(in_fd, input.data() + fed, input.size() - fed);
-      if (n > 0) {
-        fed += static_cast<size_t>(n);
-      }
-      if (n < 0 || fed == input.size()) {
-        close(in_fd);
-        in_fd = -1;
-      }
-    }
-  }
-  if (in_fd >= 0) {
-    close(in_fd);
-  }
-  close(out[0]);
-  close(err[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
+  return runProgram(argv, cwd, env, kTimeoutMs, input);
 }
 
 // VmWorkspace: a project (read-write, the working directory), a hidden
