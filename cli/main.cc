@@ -283,6 +283,16 @@ int main(int argc, char** argv) {
                  "path, default) or first (first access of any kind per path); denials always "
                  "are")
       ->check(CLI::IsMember({"none", "writes", "first"}));
+  bool serve_all = false;
+  app.add_flag("--serve-all", serve_all,
+               "serve every path through the filesystem view. By default, trees that one "
+               "read-only rule decides alike (/usr) are bind-mounted read-only instead: a "
+               "refused write there fails with EROFS and no audit event (docs/security.md)");
+  bool bind_writable = false;
+  app.add_flag("--bind-writable", bind_writable,
+               "also bind-mount read-write trees that one rule decides alike (the project): "
+               "native speed, but allowed writes there go unaudited and a Unix socket there is "
+               "the host's. Needs --audit-allowed none");
   std::string dns_upstream;
   std::string upstream_ca;
   std::string record_file;
@@ -456,6 +466,8 @@ int main(int argc, char** argv) {
   session.policy_files = policy_files;
   session.audit_file = audit_file;
   session.allowed_audit = allowed_audit;
+  session.serve_all = serve_all;
+  session.bind_writable = bind_writable;
   session.dns_upstream = dns_upstream;
   session.upstream_ca = upstream_ca;
   session.record_file = record_file;

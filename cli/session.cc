@@ -101,7 +101,7 @@ std::vector<std::string> agentEnvironment(const policy::Policy& p, policy::Audit
 // it in the agent's view, and every CA variable points at it.
 constexpr const char* kCaBundle = "/etc/ssl/certs/ca-certificates.crt";
 // Where the agent finds the preload shim: the view serves it there.
-constexpr const char* kShimInView = "/usr/lib/libguard-interpose.so";
+constexpr const char* kShimInView = "/etc/libguard-interpose.so";
 
 // shimPath is the preload shim on the host: built and installed next to
 // the guard binary.
@@ -199,6 +199,12 @@ int runSession(const SessionOptions& options) {
   } else {
     return refuse("--audit-allowed must be none, writes or first");
   }
+  if (options.bind_writable && (options.serve_all || allowed != fusefs::AllowedAudit::kNone)) {
+    return refuse(options.serve_all
+                      ? "--bind-writable and --serve-all contradict each other"
+                      : "--bind-writable stops the audit of allowed writes in the trees it binds: "
+                        "give --audit-allowed none with it");
+  }
 
   policy::Verdict cwd = p.file(ctx.project, policy::FileOp::kRead);
   if (!cwd.allowed() && !p.revealsBelow(ctx.project)) {
@@ -237,7 +243,7 @@ int runSession(const SessionOptions& options) {
     return refuse("cannot start the proxy: " + proxy_or.error().message());
   }
   proxy::ProxyProcess proxy = proxy_or.value();
-  phase("proxy started");
+  phase("proxy forked");
 
   // The view is served by a process of its own: guard outlives it to report
   // its death and end the session, and the jail is forked from a process
@@ -274,6 +280,12 @@ int runSession(const SessionOptions& options) {
   }
   fusefs::ViewProcess view = view_or.value();
   phase("view mounted");
+  if (Error e = proxy::awaitProxy(&proxy); !e.ok()) {
+    fusefs::stopView(&view);
+    rmdir(mnt.c_str());
+    return refuse("cannot start the proxy: " + e.message());
+  }
+  phase("proxy ready");
 
   auto sink_or = policy::FileAuditSink::open(audit_path);
   if (!sink_or.ok()) {
@@ -325,6 +337,15 @@ int runSession(const SessionOptions& options) {
   }
   if (everything_writable) {
     spec.writable = {"/"};
+  }
+  // Bound trees skip the view, and with it the audit of what happens in
+  // them: read-only ones are bound only where first reads are not audited,
+  // read-write ones only when asked, with allowed writes not audited.
+  if (!options.serve_all && !options.vm && allowed != fusefs::AllowedAudit::kFirst) {
+    for (fusefs::Bind& b : fusefs::planBinds(p, vopts, options.bind_writable)) {
+      spec.binds.emplace_back(std::move(b.path), b.writable);
+    }
+    phase("binds planned");
   }
 
   // The terminal's signals go to the agent (same process group); guard

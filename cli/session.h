@@ -10,6 +10,10 @@ struct SessionOptions {
   std::vector<std::string> policy_files;
   std::string audit_file;             // empty: the default under the user's state directory
   std::string allowed_audit = "writes";  // none | writes | first
+  // serve_all: no bind mounts; the view serves every path (fusefs::planBinds).
+  bool serve_all = false;
+  // bind_writable: read-write trees are bound too (needs allowed_audit none).
+  bool bind_writable = false;
   std::string dns_upstream;  // resolvers for the proxy ("host:port,..."); empty: the host's
   std::string upstream_ca;   // trust store for upstream TLS; empty: the host's bundle
   std::string record_file;   // --record: flow capture (docs/capture.md)

@@ -1208,10 +1208,13 @@ void View::init(fuse_conn_info* conn) {
   conn->max_readahead = 1 << 20;
 }
 
-void View::scanHidden() {
-  // Hidden literal paths (~/.ssh): every file below them, before serving.
-  size_t budget = 100000;
-  for (const auto& pp : policy_.pathPrefixes()) {
+namespace {
+
+// forEachHiddenFile calls FN with the stat of every regular file below the
+// policy's hidden literal paths (~/.ssh), at most BUDGET entries in all.
+template <typename Fn>
+void forEachHiddenFile(const policy::Policy& policy, size_t budget, Fn fn) {
+  for (const auto& pp : policy.pathPrefixes()) {
     if (pp.access != Access::kHidden || pp.glob || budget == 0) {
       continue;
     }
@@ -1225,7 +1228,7 @@ void View::scanHidden() {
       }
       --budget;
       if (S_ISREG(st.st_mode)) {
-        noteHidden(st.st_dev, st.st_ino);
+        fn(st);
       } else if (S_ISDIR(st.st_mode)) {
         DIR* d = ::opendir(p.c_str());
         if (d == nullptr) {
@@ -1242,13 +1245,14 @@ void View::scanHidden() {
   }
 }
 
-namespace {
+struct HostMount {
+  std::string point;
+  bool fuse = false;
+};
 
-// fuseMounts lists the mount points of FUSE filesystems (this view, other
-// sessions' views, sshfs): a walk must not enter them, since a view that
-// is stopping never answers, and what they hold is not the host's.
-std::unordered_set<std::string> fuseMounts() {
-  std::unordered_set<std::string> out;
+// hostMounts lists the mount points of this mount namespace.
+std::vector<HostMount> hostMounts() {
+  std::vector<HostMount> out;
   std::ifstream f("/proc/self/mountinfo");
   std::string line;
   while (std::getline(f, line)) {
@@ -1257,24 +1261,144 @@ std::unordered_set<std::string> fuseMounts() {
     std::string id, parent, devno, root, point;
     in >> id >> parent >> devno >> root >> point;
     size_t dash = line.find(" - ");
-    if (dash == std::string::npos || line.compare(dash + 3, 4, "fuse") != 0) {
-      continue;
-    }
-    std::string decoded;  // mountinfo escapes space, tab, newline, backslash as \ooo
+    HostMount m;
+    m.fuse = dash != std::string::npos && line.compare(dash + 3, 4, "fuse") == 0;
     for (size_t i = 0; i < point.size(); ++i) {
+      // mountinfo escapes space, tab, newline, backslash as \ooo
       if (point[i] == '\\' && i + 3 < point.size()) {
-        decoded += static_cast<char>(std::stoi(point.substr(i + 1, 3), nullptr, 8));
+        m.point += static_cast<char>(std::stoi(point.substr(i + 1, 3), nullptr, 8));
         i += 3;
       } else {
-        decoded += point[i];
+        m.point += point[i];
       }
     }
-    out.insert(decoded);
+    out.push_back(std::move(m));
   }
   return out;
 }
 
+// fuseMounts lists the mount points of FUSE filesystems (this view, other
+// sessions' views, sshfs): a walk must not enter them, since a view that
+// is stopping never answers, and what they hold is not the host's.
+std::unordered_set<std::string> fuseMounts() {
+  std::unordered_set<std::string> out;
+  for (HostMount& m : hostMounts()) {
+    if (m.fuse) {
+      out.insert(std::move(m.point));
+    }
+  }
+  return out;
+}
+
+bool isUnder(const std::string& path, const std::string& dir) {
+  return path.size() > dir.size() && path.starts_with(dir) &&
+         (dir == "/" || path[dir.size()] == '/');
+}
+
 }  // namespace
+
+void View::scanHidden() {
+  // Hidden literal paths (~/.ssh): every file below them, before serving.
+  forEachHiddenFile(policy_, 100000,
+                    [this](const struct stat& st) { noteHidden(st.st_dev, st.st_ino); });
+}
+
+std::vector<Bind> planBinds(const policy::Policy& policy, const ViewOptions& options,
+                            bool writable_trees) {
+  constexpr size_t kMaxBinds = 256;  // beyond this, the view serves the rest
+  const std::vector<HostMount> mounts = hostMounts();
+  std::unordered_set<dev_t> hidden_devs;   // a file a rule hides lies there
+  std::unordered_set<dev_t> linked_devs;   // ... and has a second name
+  forEachHiddenFile(policy, 100000, [&](const struct stat& st) {
+    hidden_devs.insert(st.st_dev);
+    if (st.st_nlink > 1) {
+      linked_devs.insert(st.st_dev);
+    }
+  });
+  auto excluded = [&](const std::string& p) {
+    for (const std::string& s : options.synthetic) {
+      if (p == s) {
+        return true;
+      }
+    }
+    for (const std::string& s : options.mountpoints) {
+      if (p == s) {
+        return true;
+      }
+    }
+    for (const HostMount& m : mounts) {
+      if (m.fuse && (m.point == p || isUnder(p, m.point))) {
+        return true;
+      }
+    }
+    return p == options.mountpoint || isUnder(options.mountpoint, p);
+  };
+  // holdsOther: a mount point or an overlay lies below DIR, which a bind
+  // would cover.
+  auto holdsOther = [&](const std::string& dir) {
+    for (const HostMount& m : mounts) {
+      if (isUnder(m.point, dir)) {
+        return true;
+      }
+    }
+    for (const auto& o : options.overlays) {
+      if (o.first == dir || isUnder(o.first, dir)) {
+        return true;
+      }
+    }
+    return false;
+  };
+  std::vector<Bind> out;
+  std::vector<std::string> stack = {"/"};
+  while (!stack.empty() && out.size() < kMaxBinds) {
+    std::string dir = std::move(stack.back());
+    stack.pop_back();
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) {
+      continue;
+    }
+    std::vector<std::string> children;
+    while (struct dirent* e = ::readdir(d)) {
+      if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
+        continue;
+      }
+      if (e->d_type == DT_DIR || e->d_type == DT_REG || e->d_type == DT_UNKNOWN) {
+        children.push_back((dir == "/" ? "" : dir) + "/" + e->d_name);
+      }
+    }
+    closedir(d);
+    // Files are bound only where the directory is read-only too: a mount
+    // point cannot be renamed or removed, which a writable directory allows.
+    Verdict dir_w = policy.file(dir, FileOp::kWrite);
+    bool files = dir_w.access == Access::kReadOnly && dir_w.decision == Decision::kDeny;
+    for (const std::string& path : children) {
+      struct stat st {};
+      if (excluded(path) || lstat(path.c_str(), &st) != 0 ||
+          !(S_ISDIR(st.st_mode) || (files && S_ISREG(st.st_mode)))) {
+        continue;
+      }
+      Verdict w = policy.file(path, FileOp::kWrite);
+      policy::Policy::Subtree kind = policy.subtree(path);
+      if (kind == policy::Policy::Subtree::kMixed) {
+        continue;
+      }
+      if (kind == policy::Policy::Subtree::kSplit || holdsOther(path)) {
+        if (S_ISDIR(st.st_mode) && (w.access != Access::kHidden || policy.revealsBelow(path))) {
+          stack.push_back(path);
+        }
+        continue;
+      }
+      bool ro = w.access == Access::kReadOnly && w.decision == Decision::kDeny &&
+                st.st_uid == 0 && (st.st_mode & 022) == 0 && linked_devs.count(st.st_dev) == 0;
+      bool rw = writable_trees && S_ISDIR(st.st_mode) && w.access == Access::kReadWrite &&
+                w.decision == Decision::kAllow && hidden_devs.count(st.st_dev) == 0;
+      if ((ro || rw) && out.size() < kMaxBinds) {
+        out.push_back(Bind{path, rw});
+      }
+    }
+  }
+  return out;
+}
 
 void View::scanHiddenByGlob() {
   // Files hidden by a glob (**/.env) can sit anywhere visible. Walk the

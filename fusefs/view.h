@@ -57,6 +57,28 @@ struct ViewOptions {
   unsigned threads = 8;
 };
 
+// Bind is a host directory or file that the jail mounts over the view at the same
+// path, so that the kernel serves it with no round trip through the view.
+struct Bind {
+  std::string path;
+  bool writable = false;
+};
+
+// planBinds lists the directories the jail may bind instead of serving them
+// through the view: the largest trees that one rule decides alike
+// (policy::Policy::subtree is kUniform), read-only or, with WRITABLE_TREES,
+// read-write, that hold no mount point and no overlay, and the read-only
+// files of read-only directories that hold an overlay or a rule (/etc). Refused writes to a
+// bound read-only tree fail in the kernel (EROFS) with no audit event, and
+// allowed writes to a bound read-write tree are not audited, so the caller
+// asks for binds only where its audit level allows (docs/security.md).
+// A tree is left to the view when a hard link in it could reach a file a
+// rule hides: a read-only tree must be root's and not writable by others,
+// on a device where no hidden file has a second name; a read-write tree on
+// a device with no hidden file at all. Call after the view is mounted.
+std::vector<Bind> planBinds(const policy::Policy& policy, const ViewOptions& options,
+                            bool writable_trees);
+
 class View;
 
 // ViewHandle owns a mounted, running view. Destroying it stops serving and

@@ -2694,18 +2694,23 @@ Result<ProxyProcess> spawnProxy(const policy::Policy& policy, const std::string&
   }
   close(ctl[1]);
   close(jail[0]);
+  return ProxyProcess{pid, ctl[0], jail[1]};
+}
+
+Error awaitProxy(ProxyProcess* proxy) {
   char buf[1024];
   ssize_t n;
   do {
-    n = read(ctl[0], buf, sizeof(buf));
+    n = read(proxy->control_fd, buf, sizeof(buf));
   } while (n < 0 && errno == EINTR);
   if (n == 1 && buf[0] == 'R') {
-    return ProxyProcess{pid, ctl[0], jail[1]};
+    return Error();
   }
-  close(ctl[0]);
-  close(jail[1]);
+  close(proxy->control_fd);
+  close(proxy->jail_fd);
   int status = 0;
-  waitpid(pid, &status, 0);
+  waitpid(proxy->pid, &status, 0);
+  *proxy = ProxyProcess{};
   if (n > 1 && buf[0] == 'E') {
     return Error(ErrorCode::kIo, std::string(buf + 1, static_cast<size_t>(n - 1)));
   }

@@ -69,10 +69,15 @@ struct ProxyProcess {
 
 // spawnProxy forks the proxy process. It writes its own audit events to
 // AUDIT_PATH, waits for the jail's listeners on jail_fd and serves them.
-// Returns once the process is ready to receive them (its trust store and
-// resolver loaded), or its error. Call it before the caller starts any thread.
+// Returns once the process is forked; awaitProxy then waits until it is
+// ready (its trust store loaded), so the caller can start other work, such
+// as the view, meanwhile. Call it before the caller starts any thread.
 Result<ProxyProcess> spawnProxy(const policy::Policy& policy, const std::string& audit_path,
                                 const ProxyOptions& options);
+
+// awaitProxy waits until the proxy is ready to receive the listeners.
+// On error the process is reaped and its descriptors closed.
+Error awaitProxy(ProxyProcess* proxy);
 
 // stopProxy closes the control channel and waits for the process; returns
 // an error when it died on its own or failed.

@@ -395,6 +395,25 @@ bool Policy::revealsBelow(std::string_view dir) const {
   return false;
 }
 
+Policy::Subtree Policy::subtree(std::string_view dir) const {
+  char buf[kMaxPathLen + 1];
+  size_t n = normalisePath(dir, buf);
+  if (n == 0) {
+    return Subtree::kMixed;
+  }
+  std::string_view d(buf, n);
+  Subtree out = Subtree::kUniform;
+  for (const PathPrefix& v : c_->prefixes) {
+    if (v.glob && underOrAt(d, v.prefix)) {
+      return Subtree::kMixed;  // "P/**/x" or "P/*.pem" with P at or above DIR
+    }
+    if (under(v.prefix, d)) {
+      out = Subtree::kSplit;  // a pattern, literal or glob, starts below DIR
+    }
+  }
+  return out;
+}
+
 bool Policy::renameKeepsDecisions(std::string_view from, std::string_view to) const {
   char fb[kMaxPathLen + 1];
   char tb[kMaxPathLen + 1];

@@ -123,6 +123,18 @@ class Policy {
   // that /home stays reachable on the way to a visible /home/alice/project.
   bool revealsBelow(std::string_view dir) const;
 
+  // Subtree says how the rules decide the paths at and below a directory.
+  enum class Subtree {
+    kUniform,  // one rule decides DIR and everything below it
+    kSplit,    // literal patterns name paths below DIR; its children may be uniform
+    kMixed,    // a glob may match at any depth below DIR
+  };
+
+  // subtree classifies absolute directory DIR. The view serves a uniform
+  // tree by a bind mount of the host directory instead of answering each
+  // request (fusefs planBinds).
+  Subtree subtree(std::string_view dir) const;
+
   // PathPrefix is the literal leading directories of one filesystem pattern
   // (every segment before the first glob), whether a glob follows, whether
   // that glob starts with `**`, and the pattern's access.

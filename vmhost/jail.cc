@@ -24,7 +24,9 @@
 #include <sys/prctl.h>
 #include <linux/securebits.h>
 #include <sys/socket.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -379,6 +381,42 @@ void forwardTermination(pid_t child) {
   die(err_fd, JailStep::kExec, errno, exe.c_str());
 }
 
+// bindTrees mounts spec.binds over the view. The source is opened with no
+// symlink followed, so a path swapped for a link since it was planned binds
+// nothing. A tree that cannot be bound stays served by the view; one bound
+// but not made read-only is taken away again, or the jail fails.
+void bindTrees(int err_fd, const JailSpec& spec) {
+  for (const auto& [path, writable] : spec.binds) {
+    struct open_how how {};
+    how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
+    how.resolve = RESOLVE_NO_SYMLINKS;
+    int fd = static_cast<int>(syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof(how)));
+    struct stat st {};
+    if (fd < 0 || fstat(fd, &st) != 0 || !(S_ISDIR(st.st_mode) || S_ISREG(st.st_mode))) {
+      if (fd >= 0) {
+        close(fd);
+      }
+      continue;
+    }
+    struct statvfs sv {};
+    unsigned long locked = 0;  // flags of the host mount that a remount must keep
+    if (fstatvfs(fd, &sv) == 0) {
+      locked |= (sv.f_flag & ST_NOEXEC) != 0 ? MS_NOEXEC : 0;
+      locked |= (sv.f_flag & ST_RDONLY) != 0 ? MS_RDONLY : 0;
+    }
+    std::string target = spec.root + path;
+    std::string src = "/proc/self/fd/" + std::to_string(fd);
+    if (mount(src.c_str(), target.c_str(), nullptr, MS_BIND, nullptr) == 0 &&
+        mount(nullptr, target.c_str(), nullptr,
+              MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | locked | (writable ? 0 : MS_RDONLY),
+              nullptr) != 0 &&
+        umount2(target.c_str(), MNT_DETACH) != 0) {
+      die(err_fd, JailStep::kMountPrivate, errno, target.c_str());
+    }
+    close(fd);
+  }
+}
+
 // runInit is B: PID 1 of the new PID namespace.
 [[noreturn]] void runInit(const JailSpec& spec, int err_fd) {
   const std::string& root = spec.root;
@@ -390,6 +428,7 @@ void forwardTermination(pid_t child) {
   if (mount(root.c_str(), root.c_str(), nullptr, MS_BIND | MS_REC, nullptr) != 0) {
     die(err_fd, JailStep::kMountPrivate, errno, "bind the view");
   }
+  bindTrees(err_fd, spec);
   if (mount("proc", (root + "/proc").c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
             nullptr) != 0) {
     die(err_fd, JailStep::kMountProc, errno, "proc");

@@ -7,6 +7,9 @@
 #
 # Options:
 #   --guard BIN     the guard binary (default build/guard of this checkout)
+#   --guard-flags F guard's options before --policy (default none: read-only
+#                   system trees are bound, the project is served by the view;
+#                   "--audit-allowed none --bind-writable" binds the project too)
 #   --runs N        iterations of every workload but startup (default 3; smoke 1)
 #   --strict        exit 1 when a target is missed (default: only on failures)
 #   --keep          keep the work directory (printed on stderr)
@@ -44,12 +47,14 @@ strict=0
 keep=0
 nofile=
 guard_src="$repo_root/build/guard"
+guard_flags=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
     --full) smoke=0 ;;
     --runs) runs=$2; shift ;;
     --guard) guard_src=$2; shift ;;
+    --guard-flags) guard_flags=$2; shift ;;
     --strict) strict=1 ;;
     --keep) keep=1 ;;
     --nofile) nofile=$2; shift ;;
@@ -131,10 +136,11 @@ bwrap_args+=(--bind "$proj" "$proj" --proc /proc --dev /dev --tmpfs /tmp --chdir
 sandbox() {
   local mode=$1
   shift
+  # shellcheck disable=SC2086  # guard_flags holds several words
   case "$mode" in
     native) (cd "$proj" && exec env -i "${base_env[@]}" "$@") ;;
     bwrap) (cd "$proj" && exec env -i "${base_env[@]}" bwrap "${bwrap_args[@]}" "$@") ;;
-    guard) (cd "$proj" && exec env -i "${base_env[@]}" "$guard" --policy "$policy" \
+    guard) (cd "$proj" && exec env -i "${base_env[@]}" "$guard" $guard_flags --policy "$policy" \
               --audit "$audit" -- "$@") ;;
   esac
 }
@@ -236,7 +242,7 @@ if [ "$have_hyperfine" = 1 ]; then
     json="$work/startup.$r.json"
     native_cmd="env -i PATH=$PATH LC_ALL=C true"
     bwrap_cmd="env -i PATH=$PATH LC_ALL=C bwrap $(printf '%q ' "${bwrap_args[@]}") true"
-    guard_cmd="env -i PATH=$PATH HOME=$HOME LC_ALL=C $guard --policy $policy --audit $audit -- true"
+    guard_cmd="env -i PATH=$PATH HOME=$HOME LC_ALL=C $guard $guard_flags --policy $policy --audit $audit -- true"
     if (cd "$proj" && hyperfine -N --style none --warmup "$su_warmup" --runs "$su_runs" \
           --export-json "$json" "$native_cmd" "$bwrap_cmd" "$guard_cmd") >/dev/null 2>"$work/hf.err"; then
       i=0
@@ -371,7 +377,7 @@ rev=$(git -C "$repo_root" describe --always --dirty 2>/dev/null || echo unknown)
 echo "## guard host mode vs native vs bubblewrap ($( [ "$smoke" = 1 ] && echo smoke || echo full ))"
 echo
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs ($cpu), kernel $(uname -r), guard $rev, $(bwrap --version)"
-echo "Open-file limit (ulimit -n): $(ulimit -n)."
+echo "guard options: \`${guard_flags:-(none)}\`. Open-file limit (ulimit -n): $(ulimit -n)."
 echo "Medians of $runs interleaved run(s) per workload; startup: median of $((su_rounds * su_runs)) runs$( [ "$have_hyperfine" = 1 ] && echo " (hyperfine -N)")."
 echo "Throughput rows: guard/native and guard/bwrap are ratios of throughput (higher is better);"
 echo "time rows: ratios of time (lower is better)."

@@ -543,8 +543,10 @@ class Workspace {
       std::vector<std::string> e = env();
       a.insert(a.end(), e.begin(), e.end());
     }
-    for (const std::string& s : {guardPath(), std::string("--policy"), policy,
-                                 std::string("--audit"), audit, std::string("--")}) {
+    a.push_back(guardPath());
+    a.insert(a.end(), flags.begin(), flags.end());
+    for (const std::string& s : {std::string("--policy"), policy, std::string("--audit"), audit,
+                                 std::string("--")}) {
       a.push_back(s);
     }
     a.insert(a.end(), cmd.begin(), cmd.end());
@@ -578,6 +580,7 @@ class Workspace {
     return out;
   }
 
+  std::vector<std::string> flags;  // guard options before --policy
   std::string base;
   std::string project;
   std::string secret;
@@ -1710,6 +1713,151 @@ TEST_CASE("host: if the filesystem view dies the agent loses access and guard en
   CHECK(r.err.find("the filesystem view died") != std::string::npos);
   std::string audit = readFile(w.audit);
   CHECK(audit.find("\"decision\":\"internal_error\"") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------
+// Bind mounts: trees that one rule decides alike are bound from the host
+// instead of served by the view (fusefs::planBinds). The policies here have
+// no glob, which would keep every tree on the view.
+// ---------------------------------------------------------------------------
+
+// bindPolicy is the suite's policy without its globs; HIDE_SECRET adds the
+// literal rule that hides the secret directory (else it is hidden by the
+// default only).
+std::string bindPolicy(const Workspace& w, bool hide_secret) {
+  std::string y =
+      "version: 1\n"
+      "filesystem:\n"
+      "  default: hidden\n"
+      "  rules:\n"
+      "    - read-only: [/usr, /bin, /lib, /lib64, /etc]\n"
+      "    - read-write: [\"{project}\"]\n"
+      "    - read-only: [\"" + w.ro + "\", \"" + w.bin + "\"]\n";
+  if (hide_secret) {
+    y += "    - hidden: [\"" + w.secret + "\"]\n";
+  }
+  return y + "env:\n  default: deny\n  rules:\n    - allow: [PATH, HOME, LANG, TERM]\n";
+}
+
+// mountedAt reports whether the session's mount table (saved by the agent
+// to FILE in the project) has a mount at PATH.
+bool mountedAt(const Workspace& w, const std::string& file, const std::string& path) {
+  for (const std::string& l : lines(w.read(file))) {
+    std::istringstream in(l);
+    std::string id, parent, devno, root, point;
+    in >> id >> parent >> devno >> root >> point;
+    if (point == path) {
+      return true;
+    }
+  }
+  return false;
+}
+
+TEST_CASE("host: a bound read-only tree refuses every change in the kernel",
+          "[integration][host][binds]") {
+  if (!isRoot()) {
+    GUARD_SKIP("read-only trees are bound only when root owns them: run as root");
+  }
+  Workspace w;
+  writeText(w.policy, bindPolicy(w, true));
+  struct stat before {};
+  REQUIRE(stat(w.roFile().c_str(), &before) == 0);
+  Run r = w.guard("cat /proc/self/mountinfo > mounts\n"
+                  "cat " + w.roFile() + " > seen\n"
+                  "cat /etc/ld.so.preload > preload\n"
+                  "cd " + w.ro + "\n"
+                  "echo x > canary; echo x >> canary; true > canary; truncate -s 0 canary\n"
+                  "dd if=/dev/zero of=canary bs=1 count=4 conv=notrunc\n"
+                  "chmod 777 canary; touch -d 2001-01-01 canary\n"
+                  "rm -f canary; mv canary moved; ln canary hard; ln -s canary soft\n"
+                  "touch new; mkdir dir; mkfifo fifo\n"
+                  "python3 -c 'import mmap,os; f=os.open(\"canary\", os.O_RDWR); "
+                  "m=mmap.mmap(f,4); m[0:1]=b\"X\"' 2>/dev/null\n"
+                  "true");
+  INFO(describe(r));
+  REQUIRE(r.status == 0);
+  REQUIRE(mountedAt(w, "mounts", w.ro));  // the kernel, not the view, served it
+  CHECK(w.read("seen") == kRoCanary);
+  CHECK(contains(w.read("preload"), "libguard-interpose.so"));  // /etc keeps the overlay
+  CHECK(readFile(w.roFile()) == kRoCanary);
+  struct stat after {};
+  REQUIRE(stat(w.roFile().c_str(), &after) == 0);
+  CHECK(after.st_mode == before.st_mode);
+  CHECK(after.st_mtime == before.st_mtime);
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(w.ro)) {
+    names.push_back(e.path().filename().string());
+  }
+  CHECK(names == std::vector<std::string>{"canary"});
+}
+
+TEST_CASE("host: a tree holding a hard link to a hidden file is served by the view",
+          "[integration][host][binds]") {
+  Workspace w;
+  writeText(w.policy, bindPolicy(w, true));
+  REQUIRE(link(w.secretKey().c_str(), (w.ro + "/key-link").c_str()) == 0);
+  Run r = w.guard("cat /proc/self/mountinfo > mounts\n"
+                  "cat " + w.ro + "/key-link >> loot 2>&1\n"
+                  "cp " + w.ro + "/key-link copy 2>/dev/null\n"
+                  "ls " + w.ro + " > listing\n");
+  INFO(describe(r));
+  CHECK_FALSE(mountedAt(w, "mounts", w.ro));
+  CHECK_FALSE(contains(w.read("listing"), "key-link"));
+  checkNoSecret(w, r);
+}
+
+TEST_CASE("host: --bind-writable binds the project read-write; --serve-all binds nothing",
+          "[integration][host][binds]") {
+  Workspace w;
+  w.flags = {"--audit-allowed", "none", "--bind-writable"};
+  writeText(w.policy, bindPolicy(w, false));
+  Run r = w.guard("cat /proc/self/mountinfo > mounts\n"
+                  "mkdir -p sub && echo written-inside > sub/out\n");
+  INFO(describe(r));
+  REQUIRE(r.status == 0);
+  CHECK(mountedAt(w, "mounts", w.project));
+  CHECK(readFile(w.at("sub/out")) == "written-inside\n");
+
+  w.flags = {"--serve-all"};
+  Run all = w.guard("cat /proc/self/mountinfo > mounts-all\n");
+  INFO(describe(all));
+  REQUIRE(all.status == 0);
+  CHECK_FALSE(mountedAt(w, "mounts-all", w.project));
+  CHECK_FALSE(mountedAt(w, "mounts-all", "/usr"));
+  CHECK_FALSE(mountedAt(w, "mounts-all", w.ro));
+
+  w.flags = {"--bind-writable"};  // the audit of allowed writes would silently stop
+  Run refused = w.guard("echo ran > ran\n");
+  CHECK(refused.status != 0);
+  CHECK(contains(refused.err, "--audit-allowed none"));
+  CHECK_FALSE(exists(w.at("ran")));
+}
+
+TEST_CASE("host: the project is not bound where a hidden file shares its device, so a late hard "
+          "link stays hidden",
+          "[integration][host][binds]") {
+  Workspace w;
+  w.flags = {"--audit-allowed", "none", "--bind-writable"};
+  writeText(w.policy, bindPolicy(w, true));
+  Child c;
+  w.start(&c,
+          "cat /proc/self/mountinfo > mounts\n"
+          "touch ready\n"
+          "i=0\n"
+          "while [ ! -e stop ] && [ $i -lt 200 ]; do\n"
+          "  cat late-link >> loot 2>/dev/null\n"
+          "  i=$((i+1)); sleep 0.02\n"
+          "done\n"
+          "cat late-link\n");
+  REQUIRE(waitFor(w.at("ready")));
+  REQUIRE(link(w.secretKey().c_str(), w.at("late-link").c_str()) == 0);
+  w.plant(w.at("late-link"));
+  sleepMs(1500);
+  writeText(w.at("stop"), "");
+  Run r = c.finish();
+  CHECK_FALSE(mountedAt(w, "mounts", w.project));
+  CHECK(r.status != 0);
+  checkNoSecret(w, r);
 }
 
 }  // namespace

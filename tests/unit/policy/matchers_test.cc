@@ -1345,5 +1345,33 @@ credentials:
   CHECK(t_allocations - before >= 1);
 }
 
+TEST_CASE("filesystem: subtree tells uniform trees from split and mixed ones", "[unit]") {
+  using S = Policy::Subtree;
+  Policy p = compileYaml(R"(
+filesystem:
+  default: hidden
+  rules:
+    - read-only: [/usr, /home/u]
+    - read-write: [/home/u/project, /var/tmp]
+    - hidden: [/home/u/.ssh, "/srv/**/.env", "/opt/app/*.pem"]
+)");
+  CHECK(p.subtree("/usr") == S::kUniform);
+  CHECK(p.subtree("/usr/lib/") == S::kUniform);
+  CHECK(p.subtree("/home/u/project") == S::kUniform);
+  CHECK(p.subtree("/home/u") == S::kSplit);      // project and .ssh below
+  CHECK(p.subtree("/home") == S::kSplit);
+  CHECK(p.subtree("/") == S::kSplit);
+  CHECK(p.subtree("/srv") == S::kMixed);         // the glob matches at any depth
+  CHECK(p.subtree("/srv/a/b") == S::kMixed);
+  CHECK(p.subtree("/opt") == S::kSplit);         // the glob starts below /opt
+  CHECK(p.subtree("/opt/app") == S::kMixed);
+  CHECK(p.subtree("/opt/other") == S::kUniform);
+  CHECK(p.subtree("/home/u/projectx") == S::kUniform);  // a sibling, not below
+
+  Policy anywhere = compileYaml("filesystem:\n  rules:\n    - read-only: /usr\n    - hidden: \"**/.env\"\n");
+  CHECK(anywhere.subtree("/usr") == S::kMixed);
+  CHECK(anywhere.subtree("/") == S::kMixed);
+}
+
 }  // namespace
 }  // namespace guard::policy
