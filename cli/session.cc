@@ -343,7 +343,7 @@ int runSession(const SessionOptions& options) {
   // read-write ones only when asked, with allowed writes not audited.
   if (!options.serve_all && !options.vm && allowed != fusefs::AllowedAudit::kFirst) {
     for (fusefs::Bind& b : fusefs::planBinds(p, vopts, options.bind_writable)) {
-      spec.binds.emplace_back(std::move(b.path), b.writable);
+      spec.binds.push_back({std::move(b.path), b.writable, std::move(b.layer)});
     }
     phase("binds planned");
   }

@@ -1333,20 +1333,24 @@ std::vector<Bind> planBinds(const policy::Policy& policy, const ViewOptions& opt
     }
     return p == options.mountpoint || isUnder(options.mountpoint, p);
   };
-  // holdsOther: a mount point or an overlay lies below DIR, which a bind
-  // would cover.
-  auto holdsOther = [&](const std::string& dir) {
+  // holdsMount: a mount point lies below DIR, which a bind would cover.
+  auto holdsMount = [&](const std::string& dir) {
     for (const HostMount& m : mounts) {
       if (isUnder(m.point, dir)) {
         return true;
       }
     }
+    return false;
+  };
+  // layerOf: the view's overlays at or below PATH, relative to it.
+  auto layerOf = [&](const std::string& path) {
+    std::vector<std::pair<std::string, std::string>> layer;
     for (const auto& o : options.overlays) {
-      if (o.first == dir || isUnder(o.first, dir)) {
-        return true;
+      if (o.first == path || isUnder(o.first, path)) {
+        layer.emplace_back(o.first.substr(std::min(o.first.size(), path.size() + 1)), o.second);
       }
     }
-    return false;
+    return layer;
   };
   std::vector<Bind> out;
   std::vector<std::string> stack = {"/"};
@@ -1382,18 +1386,21 @@ std::vector<Bind> planBinds(const policy::Policy& policy, const ViewOptions& opt
       if (kind == policy::Policy::Subtree::kMixed) {
         continue;
       }
-      if (kind == policy::Policy::Subtree::kSplit || holdsOther(path)) {
+      bool ro = w.access == Access::kReadOnly && w.decision == Decision::kDeny &&
+                st.st_uid == 0 && (st.st_mode & 022) == 0 && linked_devs.count(st.st_dev) == 0;
+      bool rw = writable_trees && S_ISDIR(st.st_mode) && w.access == Access::kReadWrite &&
+                w.decision == Decision::kAllow && hidden_devs.count(st.st_dev) == 0;
+      auto layer = layerOf(path);
+      bool layered = ro && S_ISDIR(st.st_mode);  // only a read-only directory takes a layer
+      if (kind == policy::Policy::Subtree::kSplit || holdsMount(path) ||
+          (!layer.empty() && !layered)) {
         if (S_ISDIR(st.st_mode) && (w.access != Access::kHidden || policy.revealsBelow(path))) {
           stack.push_back(path);
         }
         continue;
       }
-      bool ro = w.access == Access::kReadOnly && w.decision == Decision::kDeny &&
-                st.st_uid == 0 && (st.st_mode & 022) == 0 && linked_devs.count(st.st_dev) == 0;
-      bool rw = writable_trees && S_ISDIR(st.st_mode) && w.access == Access::kReadWrite &&
-                w.decision == Decision::kAllow && hidden_devs.count(st.st_dev) == 0;
       if ((ro || rw) && out.size() < kMaxBinds) {
-        out.push_back(Bind{path, rw});
+        out.push_back(Bind{path, rw, std::move(layer)});
       }
     }
   }

@@ -62,13 +62,18 @@ struct ViewOptions {
 struct Bind {
   std::string path;
   bool writable = false;
+  // layer lists the view's overlays inside a read-only directory (/etc):
+  // path relative to it -> content, shown over the host's files (the jail
+  // mounts a read-only overlayfs of this layer over the host directory).
+  std::vector<std::pair<std::string, std::string>> layer;
 };
 
 // planBinds lists the directories the jail may bind instead of serving them
 // through the view: the largest trees that one rule decides alike
 // (policy::Policy::subtree is kUniform), read-only or, with WRITABLE_TREES,
-// read-write, that hold no mount point and no overlay, and the read-only
-// files of read-only directories that hold an overlay or a rule (/etc). Refused writes to a
+// read-write, that hold no mount point, and the read-only files of
+// read-only directories that do not qualify. A read-only tree holding some
+// of the view's overlays gets them as its layer. Refused writes to a
 // bound read-only tree fail in the kernel (EROFS) with no audit event, and
 // allowed writes to a bound read-write tree are not audited, so the caller
 // asks for binds only where its audit level allows (docs/security.md).

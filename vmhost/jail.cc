@@ -37,6 +37,7 @@
 #include <cstring>
 
 #include "vmhost/netns.h"
+#include "vmhost/vm_wire.h"  // writeAll
 
 // Debian 12's kernel headers stop at Landlock ABI 2; the running kernel may
 // be newer. Values from the kernel's uapi (stable ABI).
@@ -381,16 +382,45 @@ void forwardTermination(pid_t child) {
   die(err_fd, JailStep::kExec, errno, exe.c_str());
 }
 
+// layerFiles fills a fresh tmpfs at DIR with FILES (relative path ->
+// content; ELF content mode 0555, anything else 0444) and returns an
+// O_PATH descriptor of it, or -1. The caller detaches the tmpfs from DIR
+// once the overlay holds it (overlayfs takes only layers that are mounted).
+int layerFiles(const std::string& dir,
+               const std::vector<std::pair<std::string, std::string>>& files) {
+  if (mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") != 0) {
+    return -1;
+  }
+  bool ok = true;
+  for (const auto& [rel, content] : files) {
+    for (size_t i = rel.find('/'); i != std::string::npos; i = rel.find('/', i + 1)) {
+      mkdir((dir + "/" + rel.substr(0, i)).c_str(), 0755);
+    }
+    bool elf = content.compare(0, 4, "\x7f" "ELF") == 0;
+    int fd = open((dir + "/" + rel).c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    ok = ok && fd >= 0 && wire::writeAll(fd, content.data(), content.size()) &&
+         fchmod(fd, elf ? 0555 : 0444) == 0;
+    if (fd >= 0) {
+      close(fd);
+    }
+  }
+  int layer = ok ? open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC) : -1;
+  if (layer < 0) {
+    umount2(dir.c_str(), MNT_DETACH);
+  }
+  return layer;
+}
+
 // bindTrees mounts spec.binds over the view. The source is opened with no
 // symlink followed, so a path swapped for a link since it was planned binds
 // nothing. A tree that cannot be bound stays served by the view; one bound
 // but not made read-only is taken away again, or the jail fails.
 void bindTrees(int err_fd, const JailSpec& spec) {
-  for (const auto& [path, writable] : spec.binds) {
+  for (const JailSpec::Bind& b : spec.binds) {
     struct open_how how {};
     how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
     how.resolve = RESOLVE_NO_SYMLINKS;
-    int fd = static_cast<int>(syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof(how)));
+    int fd = static_cast<int>(syscall(SYS_openat2, AT_FDCWD, b.path.c_str(), &how, sizeof(how)));
     struct stat st {};
     if (fd < 0 || fstat(fd, &st) != 0 || !(S_ISDIR(st.st_mode) || S_ISREG(st.st_mode))) {
       if (fd >= 0) {
@@ -404,11 +434,29 @@ void bindTrees(int err_fd, const JailSpec& spec) {
       locked |= (sv.f_flag & ST_NOEXEC) != 0 ? MS_NOEXEC : 0;
       locked |= (sv.f_flag & ST_RDONLY) != 0 ? MS_RDONLY : 0;
     }
-    std::string target = spec.root + path;
+    std::string target = spec.root + b.path;
     std::string src = "/proc/self/fd/" + std::to_string(fd);
+    if (!b.files.empty()) {
+      // A read-only overlayfs with no upper layer: the files above the host
+      // directory. The view's /tmp is scratch space until the session's
+      // tmpfs covers it. If the kernel refuses, the view serves the tree.
+      std::string scratch = spec.root + "/tmp";
+      int layer = S_ISDIR(st.st_mode) && !b.writable ? layerFiles(scratch, b.files) : -1;
+      if (layer >= 0) {
+        std::string opts = "lowerdir=/proc/self/fd/" + std::to_string(layer) + ":" + src;
+        mount("overlay", target.c_str(), "overlay", MS_RDONLY | MS_NOSUID | MS_NODEV | locked,
+              opts.c_str());
+        close(layer);
+        if (umount2(scratch.c_str(), MNT_DETACH) != 0) {
+          die(err_fd, JailStep::kMountPrivate, errno, scratch.c_str());
+        }
+      }
+      close(fd);
+      continue;
+    }
     if (mount(src.c_str(), target.c_str(), nullptr, MS_BIND, nullptr) == 0 &&
         mount(nullptr, target.c_str(), nullptr,
-              MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | locked | (writable ? 0 : MS_RDONLY),
+              MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | locked | (b.writable ? 0 : MS_RDONLY),
               nullptr) != 0 &&
         umount2(target.c_str(), MNT_DETACH) != 0) {
       die(err_fd, JailStep::kMountPrivate, errno, target.c_str());

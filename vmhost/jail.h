@@ -18,11 +18,17 @@ struct JailSpec {
   // writable lists absolute paths (inside the view) that Landlock lets the
   // agent write beneath; everything else is read-only to the kernel too.
   std::vector<std::string> writable;
-  // binds lists host directories (absolute, no symlink on the way) mounted
-  // over the view at the same path, read-write when the flag is set: trees
-  // the policy decides alike (fusefs::planBinds). A bind that fails is left
-  // out, and the view serves the tree.
-  std::vector<std::pair<std::string, bool>> binds;
+  // binds lists host directories and files mounted over the view at the
+  // same path: trees the policy decides alike (fusefs::planBinds). A bind
+  // that fails is left out, and the view serves the tree.
+  struct Bind {
+    std::string path;  // absolute, no symlink on the way
+    bool writable = false;
+    // files are shown over a read-only directory: relative path -> content
+    // (a read-only overlayfs of them above the host directory).
+    std::vector<std::pair<std::string, std::string>> files;
+  };
+  std::vector<Bind> binds;
   std::string hostname = "guard";
   // net_fd, when set, is the proxy's socket: the jail routes the network
   // namespace to the proxy and hands it the listeners (see netns.h). Without

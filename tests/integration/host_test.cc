@@ -1779,6 +1779,7 @@ TEST_CASE("host: a bound read-only tree refuses every change in the kernel",
   REQUIRE(mountedAt(w, "mounts", w.ro));  // the kernel, not the view, served it
   CHECK(w.read("seen") == kRoCanary);
   CHECK(contains(w.read("preload"), "libguard-interpose.so"));  // /etc keeps the overlay
+  CHECK(mountedAt(w, "mounts", "/etc"));  // ... as a read-only overlayfs over the host's /etc
   CHECK(readFile(w.roFile()) == kRoCanary);
   struct stat after {};
   REQUIRE(stat(w.roFile().c_str(), &after) == 0);
