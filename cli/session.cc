@@ -29,6 +29,7 @@
 #include "policy/policy.h"
 #include "vmhost/jail.h"
 #include "vmhost/vm.h"
+#include "vmhost/vm_wire.h"
 
 extern char** environ;
 
@@ -122,8 +123,11 @@ std::string readAll(const std::string& path) {
 
 // networkEnvironment sets what tools that prefer an explicit proxy or a CA
 // file look for. Programs that ignore them are captured all the same.
-void networkEnvironment(std::vector<std::string>* env, const Credentials& creds) {
-  std::string proxy = "http://127.0.0.1:" + std::to_string(proxy::kProxyPort);
+// PROXY_HOST is where the agent reaches the proxy: its own loopback on the
+// host, the tap's address from inside a VM.
+void networkEnvironment(std::vector<std::string>* env, const Credentials& creds,
+                        const std::string& proxy_host) {
+  std::string proxy = "http://" + proxy_host + ":" + std::to_string(proxy::kProxyPort);
   std::vector<std::pair<std::string, std::string>> set = {
       {"HTTP_PROXY", proxy}, {"HTTPS_PROXY", proxy}, {"http_proxy", proxy}, {"https_proxy", proxy},
       {"NO_PROXY", "localhost,127.0.0.1,::1"}, {"no_proxy", "localhost,127.0.0.1,::1"},
@@ -233,6 +237,7 @@ int runSession(const SessionOptions& options) {
   popts.ca = ca.value();
   popts.secrets = creds.secrets;
   popts.audit_base = base;
+  popts.mode = options.vm ? "vm" : "host";
   popts.dns_upstream = options.dns_upstream;
   if (!options.upstream_ca.empty()) {
     popts.upstream_ca = options.upstream_ca;
@@ -256,6 +261,7 @@ int runSession(const SessionOptions& options) {
   vopts.mountpoint = mnt;
   vopts.allowed_audit = allowed;
   vopts.audit_base = base;
+  vopts.audit_base.details["mode"] = options.vm ? "vm" : "host";
   if (access(kCaBundle, R_OK) == 0) {
     vopts.overlays.emplace_back(kCaBundle, readAll(kCaBundle) + "\n# guard session CA\n" +
                                                popts.ca->certPem());
@@ -310,7 +316,7 @@ int runSession(const SessionOptions& options) {
   sink->emit(std::move(start));
 
   std::vector<std::string> env = agentEnvironment(p, sink.get(), base);
-  networkEnvironment(&env, creds);
+  networkEnvironment(&env, creds, options.vm ? vmhost::wire::kHostAddr : "127.0.0.1");
   for (const std::string& name : creds.missing) {
     AuditEvent ev = event(base, "credentials", "read", name, "ok");
     ev.reason = "the credential's source is missing or empty: the agent gets a placeholder and nothing is injected";
@@ -362,9 +368,11 @@ int runSession(const SessionOptions& options) {
     phase(options.vm ? "virtiofsd holds the view" : "jail rooted in the view");
     detach_error = fusefs::detachView(view);
   };
-  // VM mode: the same view, environment and watch; the VM replaces the jail
-  // (and has no network device yet, so nothing leaves it).
+  // VM mode: the same view, environment, proxy and watch; the VM replaces
+  // the jail.
   vmhost::VmSpec vm;
+  vm.net_fd = proxy.jail_fd;
+  vm.proxy_port = proxy::kProxyPort;
   vm.argv = spec.argv;
   vm.env = spec.env;
   vm.cwd = spec.cwd;

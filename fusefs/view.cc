@@ -350,7 +350,7 @@ void View::audit(fuse_req_t req, const std::string& path, const Verdict& v, cons
   if (req != nullptr) {
     e.pid = static_cast<int>(fuse_req_ctx(req)->pid);
   }
-  e.details = {{"access", policy::accessName(v.access)}};
+  e.details["access"] = policy::accessName(v.access);  // beside the base's ("mode")
   sink_->emit(std::move(e));
 }
 

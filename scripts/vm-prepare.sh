@@ -23,9 +23,9 @@ fi
 
 # The modules guest_init.cc loads, in this order (each after what it
 # depends on): the virtio-mmio transport, the virtio console (the control
-# port), FUSE and virtiofs (the root). Milestone 2 (networking) adds
-# failover net_failover virtio_net. Built-in ones are skipped.
-modules=(virtio_ring virtio virtio_mmio virtio_console fuse virtiofs)
+# port), FUSE and virtiofs (the root), and the network device. Built-in
+# ones are skipped.
+modules=(virtio_ring virtio virtio_mmio virtio_console fuse virtiofs failover net_failover virtio_net)
 meta_package=linux-image-cloud-amd64
 
 say() { echo "vm-prepare: $*" >&2; }
@@ -76,7 +76,7 @@ if [ -z "$kernel_pkg" ] || [ -z "$kernel_ver" ] || [ "$kernel_ver" = "(none)" ];
     die "apt knows no $meta_package: run 'apt-get update' (Debian 12's main archive carries it)"
   fi
 elif [ "$have" = "$kernel_pkg $kernel_ver" ] && [ -f "$vm_dir/vmlinux" ] &&
-  [ -d "$vm_dir/modules" ]; then
+  [ -d "$vm_dir/modules" ] && [ "$(cat "$vm_dir/modules.list" 2>/dev/null)" = "${modules[*]}" ]; then
   say "kernel $kernel_pkg $kernel_ver already prepared"
 else
   work="$vm_dir/.work"
@@ -128,6 +128,7 @@ else
   [ -f "$work/config" ] && mv -f "$work/config" "$vm_dir/config"
   echo "$release" > "$vm_dir/kernel.release"
   echo "$kernel_pkg $kernel_ver" > "$vm_dir/kernel.package"
+  echo "${modules[*]}" > "$vm_dir/modules.list"
   rm -rf "$work"
   say "kernel $release ready ($(du -h "$vm_dir/vmlinux" | cut -f1) vmlinux)"
 fi

@@ -172,6 +172,26 @@ std::string guardBinary() {
   return b != nullptr && b[0] != '\0' ? b : "build/guard";
 }
 
+std::string vmMissing() {
+  if (access("/usr/lib/qemu/virtiofsd", X_OK) != 0) {
+    return "virtiofsd is not installed (qemu-system-common; scripts/install-deps.sh)";
+  }
+  Run q = runProgram({"sh", "-c", "command -v qemu-system-x86_64"}, "",
+                     {"PATH=/usr/local/bin:/usr/bin:/bin"});
+  if (q.status != 0) {
+    return "qemu-system-x86_64 is not installed (scripts/install-deps.sh)";
+  }
+  const char* env = getenv("GUARD_VM_DIR");
+  std::string dir = env != nullptr && env[0] != '\0'
+                        ? std::string(env)
+                        : std::filesystem::absolute(guardBinary()).parent_path().string() + "/vm";
+  if (access((dir + "/vmlinux").c_str(), R_OK) != 0 ||
+      access((dir + "/initramfs.cpio").c_str(), R_OK) != 0) {
+    return "the guest image is missing in " + dir + " (run scripts/vm-prepare.sh)";
+  }
+  return "";
+}
+
 std::string readFile(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   std::stringstream s;

@@ -65,6 +65,23 @@ bool exists(const std::string& path);
 // guardBinary is the guard under test: $GUARD_BIN, else build/guard.
 std::string guardBinary();
 
+// vmMissing says why VM mode cannot run here (QEMU, virtiofsd or the guest
+// image missing), or "" when it can.
+std::string vmMissing();
+
+// GUARD_VM_REQUIRE skips outside CI and fails on CI when VM mode cannot run.
+#define GUARD_VM_REQUIRE()                                     \
+  do {                                                         \
+    std::string missing_ = ::guard::testing::vmMissing();      \
+    if (!missing_.empty()) {                                   \
+      const char* ci_ = getenv("CI");                          \
+      if (ci_ != nullptr && ci_[0] != '\0') {                  \
+        FAIL("VM mode cannot run on CI: " << missing_);        \
+      }                                                        \
+      GUARD_SKIP(missing_);                                    \
+    }                                                          \
+  } while (0)
+
 // readFile returns the whole file, or "" if it cannot be read.
 std::string readFile(const std::string& path);
 

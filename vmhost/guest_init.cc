@@ -15,7 +15,10 @@
 // most forge its own output and exit status on the control port.
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -345,9 +348,72 @@ void mountRoot(const Spec& spec) {
   }
 }
 
+// networkUp configures eth0 when the host gave the guest a network device:
+// wire::kGuestAddr/24, the default route and DNS through wire::kHostAddr,
+// where guard's proxy takes every TCP connection and every DNS query. IPv6
+// is off: the host side drops it anyway. The view's /etc/resolv.conf (the
+// host's, which may name a resolver on the host's own loopback) is covered
+// by one naming the host side.
+void networkUp(const std::string& root) {
+  if (if_nametoindex("eth0") == 0) {
+    return;  // no network device: nothing leaves the VM
+  }
+  for (const char* knob : {"/proc/sys/net/ipv6/conf/all/disable_ipv6",
+                           "/proc/sys/net/ipv6/conf/default/disable_ipv6",
+                           "/proc/sys/net/ipv6/conf/eth0/disable_ipv6"}) {
+    int fd = open(knob, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      ssize_t ignored = write(fd, "1", 1);
+      (void)ignored;
+      close(fd);
+    }
+  }
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  struct ifreq ifr = {};
+  strncpy(ifr.ifr_name, "eth0", IFNAMSIZ - 1);
+  auto* sin = reinterpret_cast<sockaddr_in*>(&ifr.ifr_addr);
+  sin->sin_family = AF_INET;
+  inet_pton(AF_INET, wire::kGuestAddr, &sin->sin_addr);
+  if (s < 0 || ioctl(s, SIOCSIFADDR, &ifr) != 0) {
+    fatal("give eth0 its address", errno);
+  }
+  sin = reinterpret_cast<sockaddr_in*>(&ifr.ifr_netmask);
+  sin->sin_family = AF_INET;
+  sin->sin_addr.s_addr = htonl(0xffffff00u);
+  if (ioctl(s, SIOCSIFNETMASK, &ifr) != 0 || ioctl(s, SIOCGIFFLAGS, &ifr) != 0) {
+    fatal("set eth0's netmask", errno);
+  }
+  ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP | IFF_RUNNING);
+  if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) {
+    fatal("bring up eth0", errno);
+  }
+  struct rtentry rt = {};
+  auto* dst = reinterpret_cast<sockaddr_in*>(&rt.rt_dst);
+  dst->sin_family = AF_INET;
+  auto* mask = reinterpret_cast<sockaddr_in*>(&rt.rt_genmask);
+  mask->sin_family = AF_INET;
+  auto* gw = reinterpret_cast<sockaddr_in*>(&rt.rt_gateway);
+  gw->sin_family = AF_INET;
+  inet_pton(AF_INET, wire::kHostAddr, &gw->sin_addr);
+  rt.rt_flags = RTF_UP | RTF_GATEWAY;
+  if (ioctl(s, SIOCADDRT, &rt) != 0) {
+    fatal("add the default route", errno);
+  }
+  close(s);
+  std::string conf = std::string("nameserver ") + wire::kHostAddr + "\n";
+  int fd = open("/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
+  if (fd < 0 || write(fd, conf.data(), conf.size()) != static_cast<ssize_t>(conf.size())) {
+    fatal("write resolv.conf", errno);
+  }
+  close(fd);
+  // The host's file may be absent, or a symlink into a hidden /run: then
+  // there is nothing to cover, and any resolver address the guest uses
+  // still leaves through eth0 to the responder.
+  mount("/resolv.conf", (root + "/etc/resolv.conf").c_str(), nullptr, MS_BIND, nullptr);
+}
+
 // loopbackUp brings up lo, as host mode's jail does: programs talk to
-// themselves over 127.0.0.1. It is the guest's only interface (the VM has
-// no network device in this version).
+// themselves over 127.0.0.1.
 void loopbackUp() {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   struct ifreq ifr = {};
@@ -748,6 +814,7 @@ int main() {
   mountRoot(spec);
   sethostname(spec.hostname.c_str(), spec.hostname.size());
   loopbackUp();
+  networkUp(kRoot);
   Io io = setupIo(spec);
 
   sigset_t mask;

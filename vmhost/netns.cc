@@ -10,6 +10,9 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <nftables/libnftables.h>
+#include <fcntl.h>
+#include <linux/if_tun.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -20,6 +23,7 @@
 #include <vector>
 
 #include "policy/wire.h"
+#include "vmhost/vm_wire.h"
 
 namespace guard::vmhost {
 namespace {
@@ -74,29 +78,93 @@ bool addLocalDefault(int family) {
   return true;
 }
 
-bool installRules(uint16_t proxy_port, std::string* why) {
-  // The loopback of the namespace stays the agent's own (its dev servers,
-  // its tests); everything else is captured or dropped. Dropped packets go
-  // to NFLOG group 7 and a counter. With every address local, a flow's
-  // source is the address it was sent to, so the proxy's replies to a
-  // redirected flow leave for a non-loopback address: conntrack knows them.
-  std::string rules =
-      "table inet guard {\n"
-      "  chain capture {\n"
-      "    type nat hook output priority -100; policy accept;\n"
-      "    meta l4proto { tcp, udp } th dport 53 redirect to :53\n"
-      "    ip daddr 127.0.0.0/8 return\n"
-      "    ip6 daddr ::1 return\n"
-      "    meta l4proto tcp redirect to :" + std::to_string(proxy_port) + "\n"
-      "  }\n"
-      "  chain only_loopback {\n"
-      "    type filter hook output priority 0; policy drop;\n"
-      "    ip daddr 127.0.0.0/8 accept\n"
-      "    ip6 daddr ::1 accept\n"
-      "    ct status dnat accept\n"  // both directions of a redirected flow
-      "    counter log group 7 drop\n"
-      "  }\n"
-      "}\n";
+// interfaceUp gives interface NAME the address ADDR/24 (when not null) and
+// brings it up.
+bool interfaceUp(const char* name, const char* addr) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) {
+    return false;
+  }
+  struct ifreq ifr {};
+  strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+  bool ok = true;
+  if (addr != nullptr) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ifr.ifr_addr);
+    sin->sin_family = AF_INET;
+    ok = inet_pton(AF_INET, addr, &sin->sin_addr) == 1 && ioctl(s, SIOCSIFADDR, &ifr) == 0;
+    sin = reinterpret_cast<sockaddr_in*>(&ifr.ifr_netmask);
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = htonl(0xffffff00u);
+    ok = ok && ioctl(s, SIOCSIFNETMASK, &ifr) == 0;
+  }
+  ok = ok && ioctl(s, SIOCGIFFLAGS, &ifr) == 0;
+  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+  ok = ok && ioctl(s, SIOCSIFFLAGS, &ifr) == 0;
+  int e = errno;
+  close(s);
+  errno = e;
+  return ok;
+}
+
+// hostRules: the agent's own namespace. The loopback of the namespace
+// stays the agent's own (its dev servers, its tests); everything else is
+// captured or dropped. Dropped packets go to NFLOG group 7 and a counter.
+// With every address local, a flow's source is the address it was sent to,
+// so the proxy's replies to a redirected flow leave for a non-loopback
+// address: conntrack knows them.
+std::string hostRules(uint16_t proxy_port) {
+  return "table inet guard {\n"
+         "  chain capture {\n"
+         "    type nat hook output priority -100; policy accept;\n"
+         "    meta l4proto { tcp, udp } th dport 53 redirect to :53\n"
+         "    ip daddr 127.0.0.0/8 return\n"
+         "    ip6 daddr ::1 return\n"
+         "    meta l4proto tcp redirect to :" + std::to_string(proxy_port) + "\n"
+         "  }\n"
+         "  chain only_loopback {\n"
+         "    type filter hook output priority 0; policy drop;\n"
+         "    ip daddr 127.0.0.0/8 accept\n"
+         "    ip6 daddr ::1 accept\n"
+         "    ct status dnat accept\n"  // both directions of a redirected flow
+         "    counter log group 7 drop\n"
+         "  }\n"
+         "}\n";
+}
+
+// vmRules: the namespace QEMU runs in, where the guest's packets arrive on
+// the tap device. Every TCP connection is redirected to the proxy, DNS to
+// the responder (both listen on the tap's address); everything else the
+// guest sends (other UDP, ICMP, IPv6) is dropped, audited through NFLOG.
+std::string vmRules(uint16_t proxy_port) {
+  return std::string("table inet guard {\n") +
+         "  chain guest_only {\n"
+         "    type filter hook prerouting priority -150; policy accept;\n"
+         "    iifname != \"" + kTapName + "\" accept\n"
+         "    meta nfproto ipv4 meta l4proto tcp accept\n"
+         "    meta nfproto ipv4 meta l4proto udp udp dport 53 accept\n"
+         "    counter log group 7 drop\n"
+         "  }\n"
+         "  chain capture {\n"
+         "    type nat hook prerouting priority -100; policy accept;\n"
+         "    iifname \"" + kTapName + "\" meta l4proto { tcp, udp } th dport 53 redirect to :53\n"
+         "    iifname \"" + kTapName + "\" meta l4proto tcp redirect to :" +
+         std::to_string(proxy_port) + "\n"
+         "  }\n"
+         "  chain only_proxy {\n"
+         "    type filter hook input priority 0; policy drop;\n"
+         "    iifname \"lo\" accept\n"
+         "    ct status dnat accept\n"
+         // the proxy itself, asked explicitly (HTTP_PROXY): a redirect to
+         // where the packet already goes changes nothing, so no dnat status
+         "    iifname \"" + kTapName + "\" ip daddr " + wire::kHostAddr + " tcp dport { " +
+         std::to_string(proxy_port) + ", 53 } accept\n"
+         "    iifname \"" + kTapName + "\" ip daddr " + wire::kHostAddr + " udp dport 53 accept\n"
+         "    counter log group 7 drop\n"
+         "  }\n"
+         "}\n";
+}
+
+bool installRules(const std::string& rules, std::string* why) {
   nft_ctx* nft = nft_ctx_new(NFT_CTX_DEFAULT);
   if (nft == nullptr) {
     *why = "nftables context";
@@ -170,7 +238,7 @@ int nflogSocket() {
   return s;
 }
 
-int listener(int family, int type, uint16_t port) {
+int listener(int family, int type, uint16_t port, bool any = false) {
   int s = socket(family, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (s < 0) {
     return -1;
@@ -183,7 +251,7 @@ int listener(int family, int type, uint16_t port) {
     auto& a = reinterpret_cast<sockaddr_in&>(ss);
     a.sin_family = AF_INET;
     a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_addr.s_addr = htonl(any ? INADDR_ANY : INADDR_LOOPBACK);
     len = sizeof(a);
   } else {
     setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
@@ -205,17 +273,10 @@ int listener(int family, int type, uint16_t port) {
 
 }  // namespace
 
-bool setupNetwork(int net_fd, uint16_t proxy_port, std::string* what) {
-  if (!addLocalDefault(AF_INET)) {
-    *what = "route IPv4 to loopback";
-    return false;
-  }
-  // IPv6 may be off in this kernel; then only IPv4 exists and nothing else
-  // needs capturing.
-  bool v6 = addLocalDefault(AF_INET6);
-  if (!installRules(proxy_port, what)) {
-    return false;
-  }
+// handOver creates the proxy's listeners (IPv4 on ANY or loopback, IPv6
+// loopback when V6) and the MCP supervisor's socket, and sends them with the
+// NFLOG socket to the proxy over NET_FD.
+static bool handOver(int net_fd, uint16_t proxy_port, bool v6, bool any, std::string* what) {
   std::vector<int> fds;
   std::string kinds;
   struct Want {
@@ -230,9 +291,9 @@ bool setupNetwork(int net_fd, uint16_t proxy_port, std::string* what) {
     if (w.family == AF_INET6 && !v6) {
       continue;
     }
-    int s = listener(w.family, w.type, w.port);
+    int s = listener(w.family, w.type, w.port, any);
     if (s < 0) {
-      *what = std::string("listen on ") + (w.family == AF_INET ? "127.0.0.1" : "[::1]") + ":" +
+      *what = std::string("listen on ") + (w.family == AF_INET ? (any ? "0.0.0.0" : "127.0.0.1") : "[::1]") + ":" +
               std::to_string(w.port);
       int e = errno;
       for (int fd : fds) {
@@ -296,6 +357,51 @@ bool setupNetwork(int net_fd, uint16_t proxy_port, std::string* what) {
     return false;
   }
   return true;
+}
+
+bool setupNetwork(int net_fd, uint16_t proxy_port, std::string* what) {
+  if (!addLocalDefault(AF_INET)) {
+    *what = "route IPv4 to loopback";
+    return false;
+  }
+  // IPv6 may be off in this kernel; then only IPv4 exists and nothing else
+  // needs capturing.
+  bool v6 = addLocalDefault(AF_INET6);
+  if (!installRules(hostRules(proxy_port), what)) {
+    return false;
+  }
+  return handOver(net_fd, proxy_port, v6, false, what);
+}
+
+int setupVmNetwork(int net_fd, uint16_t proxy_port, std::string* what) {
+  if (!interfaceUp("lo", nullptr)) {
+    *what = "bring up lo";
+    return -1;
+  }
+  int tun = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+  struct ifreq ifr {};
+  strncpy(ifr.ifr_name, kTapName, IFNAMSIZ - 1);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+  if (tun < 0 || ioctl(tun, TUNSETIFF, &ifr) != 0) {
+    *what = "create the tap device (/dev/net/tun)";
+    int e = errno;
+    if (tun >= 0) {
+      close(tun);
+    }
+    errno = e;
+    return -1;
+  }
+  if (!interfaceUp(kTapName, wire::kHostAddr) || !installRules(vmRules(proxy_port), what) ||
+      !handOver(net_fd, proxy_port, false, true, what)) {
+    if (what->empty()) {
+      *what = "configure the tap device";
+    }
+    int e = errno;
+    close(tun);
+    errno = e;
+    return -1;
+  }
+  return tun;
 }
 
 }  // namespace guard::vmhost

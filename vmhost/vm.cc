@@ -20,6 +20,8 @@
 // through the control port the command), never QEMU.
 #include "vmhost/vm.h"
 
+#include "vmhost/netns.h"
+
 #include <cpuid.h>
 #include <fcntl.h>
 #include <linux/audit.h>
@@ -72,6 +74,7 @@ constexpr size_t kReadChunk = 64u << 10;
 constexpr int kQemuVfsFd = 3;
 constexpr int kQemuCtlFd = 4;
 constexpr int kQemuConsoleFd = 5;
+constexpr int kQemuTapFd = 6;
 constexpr int kVirtiofsdListenFd = 3;
 
 Error ioError(const std::string& what, int e) {
@@ -234,6 +237,10 @@ struct ChildSpec {
   // an empty read-only tmpfs of their own, so virtiofsd serves them as
   // distinct inodes (see the call).
   std::vector<std::string> cover;
+  // net_fd: QEMU runs in a network namespace of its own whose tap device
+  // (descriptor kQemuTapFd) is the guest's network (setupVmNetwork).
+  int net_fd = -1;
+  uint16_t proxy_port = 0;
 };
 
 // spawnChild forks and execs SPEC in a process group of its own with a clean
@@ -309,6 +316,30 @@ Result<pid_t> spawnChild(const ChildSpec& spec) {
       }
     }
   }
+  int tap = -1;
+  if (spec.net_fd >= 0) {
+    // Host root keeps its user namespace; anyone else maps themselves to
+    // root in a new one, whose capabilities make the tap and the rules.
+    if (root ? unshare(CLONE_NEWNET) != 0 : unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0) {
+      fail("create its network namespace");
+    }
+    if (!root) {
+      for (auto [file, text] : {std::pair<const char*, const char*>{"/proc/self/setgroups", "deny"},
+                                {"/proc/self/uid_map", uid_map},
+                                {"/proc/self/gid_map", gid_map}}) {
+        int fd = open(file, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, text, strlen(text)) < 0) {
+          fail(file);
+        }
+        close(fd);
+      }
+    }
+    std::string what;
+    tap = setupVmNetwork(spec.net_fd, spec.proxy_port, &what);
+    if (tap < 0) {
+      fail(what.c_str());
+    }
+  }
   if (spec.ready_fd >= 0 && write(spec.ready_fd, "R", 1) != 1) {
     fail("report");
   }
@@ -324,6 +355,9 @@ Result<pid_t> spawnChild(const ChildSpec& spec) {
       fail("dup");
     }
     moved.emplace_back(high, to);
+  }
+  if (tap >= 0) {
+    moved.emplace_back(fcntl(tap, F_DUPFD_CLOEXEC, 64), kQemuTapFd);
   }
   int out = spec.out_fd >= 0 ? fcntl(spec.out_fd, F_DUPFD_CLOEXEC, 64) : -1;
   int null = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -756,11 +790,27 @@ Error Session::start() {
       "virtio-serial-device,max_ports=2", "-chardev",
       "socket,id=ctl,fd=" + std::to_string(kQemuCtlFd), "-device",
       std::string("virtserialport,chardev=ctl,name=") + wire::kPortName, "-chardev",
-      "file,id=con,path=/proc/self/fd/" + std::to_string(kQemuConsoleFd), "-serial", "chardev:con",
-      // Fail closed: no network device at all in this version (the
-      // guest's network through guard's proxy comes next).
-      "-nic", "none"};
+      "file,id=con,path=/proc/self/fd/" + std::to_string(kQemuConsoleFd), "-serial", "chardev:con"};
   // clang-format on
+  bool tun = spec_.net_fd >= 0 && access("/dev/net/tun", R_OK | W_OK) == 0;
+  if (spec_.net_fd >= 0 && !tun) {
+    // Fail closed, and say so: without a tap the guest gets no network
+    // device at all, rather than any other way out.
+    std::fprintf(stderr,
+                 "guard: warning: /dev/net/tun is not open to this user, so the VM has no network "
+                 "device (nothing leaves it); make it mode 0666, as Debian does, to give the VM "
+                 "guard's proxy\n");
+  }
+  if (tun) {
+    // The tap in QEMU's own network namespace, where only the proxy and the
+    // DNS responder answer (setupVmNetwork).
+    q.argv.insert(q.argv.end(), {"-netdev", "tap,id=net0,vhost=off,fd=" + std::to_string(kQemuTapFd),
+                                 "-device", "virtio-net-device,netdev=net0"});
+    q.net_fd = spec_.net_fd;
+    q.proxy_port = spec_.proxy_port;
+  } else {
+    q.argv.insert(q.argv.end(), {"-nic", "none"});  // no network device at all
+  }
   q.fds = {{vfs_client.get(), kQemuVfsFd},
            {ctl_qemu.get(), kQemuCtlFd},
            {con_qemu.get(), kQemuConsoleFd}};

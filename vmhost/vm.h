@@ -4,6 +4,8 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -18,6 +20,12 @@ struct VmSpec {
   std::string cwd;                // absolute, inside the view
   std::string root;               // host path where the filesystem view is mounted
   std::string hostname = "guard";
+  // net_fd is the proxy's socket (as in JailSpec): QEMU runs in a network
+  // namespace of its own whose tap device is the guest's only network, and
+  // hands the proxy its listeners there (netns.h, setupVmNetwork). -1: the
+  // guest gets no network device at all.
+  int net_fd = -1;
+  uint16_t proxy_port = 15001;
   unsigned memory_mib = 1024;
   unsigned cpus = 1;
   // image_dir holds vmlinux and initramfs.cpio (scripts/vm-prepare.sh);
@@ -43,9 +51,10 @@ std::string vmImageDir();
 // namespace holds the view, before the VM boots (the caller may then detach
 // the view's host mount).
 //
-// The guest has no network device: nothing leaves the VM except through
-// the view and the control port. (Networking through guard's proxy is the
-// next milestone.)
+// The guest's one network device is a tap in QEMU's own network
+// namespace, where every TCP connection goes to guard's proxy and DNS to
+// its responder, and everything else is dropped: nothing else leaves the
+// VM but the view and the control port.
 //
 // WATCH lists processes the VM depends on (the view's, the proxy's): if one
 // dies first, the VM is stopped (fail closed), *DIED is set to its pid and

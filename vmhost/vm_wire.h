@@ -30,6 +30,11 @@ namespace guard::vmhost::wire {
 constexpr const char* kPortName = "guard.ctl";
 // kRootTag is the virtiofs tag of the guest's root filesystem (the view).
 constexpr const char* kRootTag = "guardroot";
+// The guest's network (when the host gives it a device): kGuestAddr/24,
+// gateway and DNS server kHostAddr, the address of the tap in QEMU's
+// network namespace where guard's proxy listens (netns.h).
+constexpr const char* kHostAddr = "10.0.2.2";
+constexpr const char* kGuestAddr = "10.0.2.15";
 constexpr size_t kHeaderLen = 5;
 // kMaxFrame bounds one frame, and so the spec (argv + environment + cwd):
 // 4 MiB, above what the kernel lets one exec carry (about 2 MiB).

@@ -52,40 +52,6 @@ std::string guardPath() {
   return !b.empty() && b[0] != '/' ? fs::absolute(b).string() : b;
 }
 
-// vmMissing says why VM mode cannot run here, or "" when it can.
-std::string vmMissing() {
-  if (access("/usr/lib/qemu/virtiofsd", X_OK) != 0) {
-    return "virtiofsd is not installed (qemu-system-common; scripts/install-deps.sh)";
-  }
-  Run q =
-      runProgram({"sh", "-c", "command -v qemu-system-x86_64"}, "", {std::string("PATH=") + kPath});
-  if (q.status != 0) {
-    return "qemu-system-x86_64 is not installed (scripts/install-deps.sh)";
-  }
-  const char* env = getenv("GUARD_VM_DIR");
-  std::string dir = env != nullptr && env[0] != '\0'
-                        ? std::string(env)
-                        : fs::path(guardPath()).parent_path().string() + "/vm";
-  if (access((dir + "/vmlinux").c_str(), R_OK) != 0 ||
-      access((dir + "/initramfs.cpio").c_str(), R_OK) != 0) {
-    return "the guest image is missing in " + dir + " (run scripts/vm-prepare.sh)";
-  }
-  return "";
-}
-
-// GUARD_VM_REQUIRE skips outside CI and fails on CI when VM mode cannot run.
-#define GUARD_VM_REQUIRE()                              \
-  do {                                                  \
-    std::string missing_ = vmMissing();                 \
-    if (!missing_.empty()) {                            \
-      const char* ci_ = getenv("CI");                   \
-      if (ci_ != nullptr && ci_[0] != '\0') {           \
-        FAIL("VM mode cannot run on CI: " << missing_); \
-      }                                                 \
-      GUARD_SKIP(missing_);                             \
-    }                                                   \
-  } while (0)
-
 // runFed runs ARGV with INPUT on stdin, at the VM tests' deadline.
 Run runFed(const std::vector<std::string>& argv, const std::string& cwd,
            const std::vector<std::string>& env, const std::string& input) {
@@ -218,14 +184,16 @@ TEST_CASE("vm: the command runs in the view with the policy's environment and it
   CHECK_FALSE(contains(r.out, "to-stderr"));
   CHECK(contains(r.err, "to-stderr\n"));
   CHECK(contains(r.out, "proc-ok\n"));
-  // Milestone 1 fails closed: the guest has loopback and no network device.
+  // The guest has loopback and one network device, the tap to the proxy
+  // (tests/integration/net_test.cc judges what leaves through it).
   CHECK(contains(r.out, "iface:lo\n"));
+  CHECK(contains(r.out, "iface:eth0\n"));
   size_t ifaces = 0;
   for (size_t at = r.out.find("iface:"); at != std::string::npos;
        at = r.out.find("iface:", at + 1)) {
     ++ifaces;
   }
-  CHECK(ifaces == 1);
+  CHECK(ifaces == 2);
   // stdin reached the command, EOF included (cat ended); a write landed.
   CHECK(readFile(w.project + "/stdin.txt") == "line one\nline two\n");
   CHECK(readFile(w.project + "/made.txt") == "made-in-vm\n");
