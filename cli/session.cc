@@ -373,6 +373,12 @@ int runSession(const SessionOptions& options) {
   vmhost::VmSpec vm;
   vm.net_fd = proxy.jail_fd;
   vm.proxy_port = proxy::kProxyPort;
+  // The shim inside the guest cannot hand a server's descriptors to the
+  // supervisor: its requests are judged here, and no server runs unfiltered.
+  proxy::McpContext mcp_ctx{&p, sink.get(), base, "vm", "cli"};
+  vm.mcp_answer = [&mcp_ctx](std::string_view request) {
+    return proxy::answerUnwrapped(mcp_ctx, request);
+  };
   vm.argv = spec.argv;
   vm.env = spec.env;
   vm.cwd = spec.cwd;

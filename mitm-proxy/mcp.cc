@@ -773,28 +773,13 @@ void McpSupervisor::deny(int conn, const std::string& server, const std::string&
   }).detach();
 }
 
-void McpSupervisor::sniffed(int conn, std::string_view payload, const std::vector<int>& fds) {
-  size_t end = payload.find(std::string_view("\0\0", 2));
-  std::vector<std::string> argv =
-      splitNul(payload.substr(0, end == std::string_view::npos ? payload.size() : end));
-  std::string_view data =
-      end == std::string_view::npos ? std::string_view() : payload.substr(end + 2);
-  struct stat st {};
-  bool wrapped = false;
-  if (fstat(fds[0], &st) == 0 && S_ISSOCK(st.st_mode)) {
-    std::lock_guard<std::mutex> lock(mu_);
-    wrapped = wrapped_.count(st.st_ino) != 0;
-  }
-  auto plain = [&](const char* reply) {
-    sendReply(conn, reply);
-    close(fds[0]);
-    close(fds[1]);
-    close(conn);
-  };
-  if (wrapped) {
-    plain("P");
-    return;
-  }
+namespace {
+
+enum class Sniff { kMcp, kOther, kUndecided };
+
+// classifySniffed judges the bytes a process read from its stdin: MCP, some
+// other JSON-RPC (a language server), or not enough to tell yet.
+Sniff classifySniffed(std::string_view data) {
   // Find whole JSON messages in what was read: newline-delimited (MCP), or
   // framed by a Content-Length header (language servers).
   bool mcp = false;
@@ -842,8 +827,36 @@ void McpSupervisor::sniffed(int conn, std::string_view payload, const std::vecto
       mcp = mcp || data.find(word) != std::string_view::npos;
     }
   }
-  if (!mcp) {
-    plain(other ? "P" : "A");
+  return mcp ? Sniff::kMcp : other ? Sniff::kOther : Sniff::kUndecided;
+}
+
+}  // namespace
+
+void McpSupervisor::sniffed(int conn, std::string_view payload, const std::vector<int>& fds) {
+  size_t end = payload.find(std::string_view("\0\0", 2));
+  std::vector<std::string> argv =
+      splitNul(payload.substr(0, end == std::string_view::npos ? payload.size() : end));
+  std::string_view data =
+      end == std::string_view::npos ? std::string_view() : payload.substr(end + 2);
+  struct stat st {};
+  bool wrapped = false;
+  if (fstat(fds[0], &st) == 0 && S_ISSOCK(st.st_mode)) {
+    std::lock_guard<std::mutex> lock(mu_);
+    wrapped = wrapped_.count(st.st_ino) != 0;
+  }
+  auto plain = [&](const char* reply) {
+    sendReply(conn, reply);
+    close(fds[0]);
+    close(fds[1]);
+    close(conn);
+  };
+  if (wrapped) {
+    plain("P");
+    return;
+  }
+  Sniff kind = classifySniffed(data);
+  if (kind != Sniff::kMcp) {
+    plain(kind == Sniff::kOther ? "P" : "A");
     return;
   }
   std::string name(ctx_.policy->mcpServerForCommand(argv));
@@ -867,6 +880,62 @@ void McpSupervisor::sniffed(int conn, std::string_view payload, const std::vecto
   }
   auditMcp(ctx_, "start", name.empty() ? joinArgv(argv) : name, v, {}, std::move(details));
   deny(conn, name, message, fds[0], fds[1], data);
+}
+
+std::string answerUnwrapped(const McpContext& ctx, std::string_view request) {
+  if (request.empty()) {
+    return "Dempty request from the preload shim";
+  }
+  std::string_view payload = request.substr(1);
+  std::vector<std::string> argv;
+  if (request[0] == 'C') {
+    std::string reply = "C";
+    for (const std::string& name : ctx.policy->mcpCommandNames()) {
+      reply += name;
+      reply += '\0';
+    }
+    return reply;
+  }
+  json details = {{"transport", "stdio"}, {"wrapped", false}};
+  if (request[0] == 'E') {
+    std::vector<std::string> parts = splitNul(payload);
+    argv.assign(parts.size() > 1 ? parts.begin() + 1 : parts.end(), parts.end());
+  } else if (request[0] == 'S') {
+    size_t end = payload.find(std::string_view("\0\0", 2));
+    argv = splitNul(payload.substr(0, end == std::string_view::npos ? payload.size() : end));
+    Sniff kind = classifySniffed(end == std::string_view::npos ? std::string_view()
+                                                               : payload.substr(end + 2));
+    if (kind != Sniff::kMcp) {
+      return kind == Sniff::kOther ? "P" : "A";
+    }
+    details["detected"] = true;
+  } else {
+    return "Dunknown request from the preload shim";
+  }
+  std::string name(ctx.policy->mcpServerForCommand(argv));
+  if (request[0] == 'E' && name.empty()) {
+    return "P";  // not a server any entry names
+  }
+  Verdict v = ctx.policy->mcpServer(name);
+  details["server"] = name;
+  details["argv"] = argv;
+  if (v.allowed() && name.empty()) {
+    auditMcp(ctx, "start", joinArgv(argv), v, {}, std::move(details));
+    return "P";  // the default admits unnamed servers: nothing to filter
+  }
+  std::string message;
+  if (!v.allowed()) {
+    message = (name.empty() ? "an MCP server no policy entry approves (" + joinArgv(argv) + ")"
+                            : "MCP server '" + name + "' (" + joinArgv(argv) + ")") +
+              " is denied by " + std::string(v.rule.id);
+  } else {
+    message = "MCP server '" + name + "' cannot be filtered here (" + ctx.mode +
+              " mode); it is refused rather than run unfiltered";
+    v.decision = policy::Decision::kDeny;  // approved, but unfiltered: fail closed
+    v.reason = "no filter can sit between this client and server";
+  }
+  auditMcp(ctx, "start", name.empty() ? joinArgv(argv) : name, v, {}, std::move(details));
+  return "D" + message;
 }
 
 }  // namespace guard::proxy

@@ -111,6 +111,15 @@ void relayStdio(McpFilter* filter, int client_in, int client_out, int server);
 // a socket whose other end a relay thread filters. Runs on its own thread.
 // Its threads are detached and use the supervisor until the process ends:
 // it must never be destroyed while the process lives on.
+// answerUnwrapped answers one shim request (policy/wire.h, the message
+// without its descriptors) where no filter can sit between an MCP client
+// and its server: the shim inside a VM guest, whose descriptors cannot
+// reach this process. 'C' is answered as the supervisor does; 'E' and 'S'
+// are judged the same way, but a server is never started unfiltered:
+// approved ones are refused too (fail closed). Every refusal is an audit
+// event. Returns the reply ('C...', 'P', 'A' or 'D' + message).
+std::string answerUnwrapped(const McpContext& ctx, std::string_view request);
+
 class McpSupervisor {
  public:
   explicit McpSupervisor(McpContext ctx);

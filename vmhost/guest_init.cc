@@ -27,6 +27,7 @@
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -35,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -42,6 +44,7 @@
 #include <utility>
 #include <vector>
 
+#include "policy/wire.h"
 #include "vmhost/vm_wire.h"
 
 extern char** environ;
@@ -596,6 +599,10 @@ class Relay {
   int sigfd_;
   bool child_done_ = false;
   int status_ = 0;
+  // The preload shim's requests, relayed to the host (mcpListener).
+  void acceptShim();
+  std::vector<std::pair<uint32_t, int>> shim_waiting_;  // id, connection
+  uint32_t shim_next_ = 1;
 };
 
 void Relay::closeStdin() {
@@ -652,6 +659,21 @@ void Relay::handleFrames() {
           }
         }
         break;
+      case Frame::kMcpAnswer:
+        if (payload.size() >= 4) {
+          uint32_t id = wire::getLe32(payload.data());
+          for (auto it = shim_waiting_.begin(); it != shim_waiting_.end(); ++it) {
+            if (it->first == id) {
+              // Closing right after the reply ends a refused program at
+              // once (its stand-in waits for this connection to close).
+              send(it->second, payload.data() + 4, payload.size() - 4, MSG_NOSIGNAL);
+              close(it->second);
+              shim_waiting_.erase(it);
+              break;
+            }
+          }
+        }
+        break;
       case Frame::kSpec:
       case Frame::kHello:
       case Frame::kStarted:
@@ -659,8 +681,72 @@ void Relay::handleFrames() {
       case Frame::kStderr:
       case Frame::kExit:
       case Frame::kError:
+      case Frame::kMcpAsk:
         break;
     }
+  }
+}
+
+// g_mcp is the listening socket of the guest's side of the MCP supervisor:
+// the abstract name the preload shim asks (policy/wire.h), bound by PID 1
+// before the command starts, so no process of the guest can take it.
+int g_mcp = -1;
+
+void mcpListen() {
+  g_mcp = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  sockaddr_un sun = {};
+  sun.sun_family = AF_UNIX;
+  memcpy(sun.sun_path + 1, GUARD_WIRE_NAME, sizeof(GUARD_WIRE_NAME) - 1);
+  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 +
+                                         sizeof(GUARD_WIRE_NAME) - 1);
+  if (g_mcp < 0 || bind(g_mcp, reinterpret_cast<sockaddr*>(&sun), len) != 0 ||
+      listen(g_mcp, 64) != 0) {
+    fatal("listen for the preload shim", errno);
+  }
+}
+
+// acceptShim takes the shim's pending connections and relays each request
+// to the host, which decides by the policy (proxy::answerUnwrapped): no
+// MCP server inside the guest runs unfiltered. The descriptors a request
+// carries are closed unused.
+void Relay::acceptShim() {
+  for (;;) {
+    int conn = accept4(g_mcp, nullptr, nullptr, SOCK_CLOEXEC);
+    if (conn < 0) {
+      return;
+    }
+    timeval tv{1, 0};  // a shim sends its request right after connecting
+    setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    std::string msg(GUARD_WIRE_MAX_MSG, '\0');
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+    iovec iov{msg.data(), msg.size()};
+    msghdr mh = {};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof(control);
+    ssize_t n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC);
+    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; ++i) {
+          int fd;
+          memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+          close(fd);
+        }
+      }
+    }
+    if (n <= 0 || (mh.msg_flags & MSG_TRUNC) != 0) {
+      close(conn);  // the shim treats a missing reply as a refusal
+      continue;
+    }
+    msg.resize(static_cast<size_t>(n));
+    uint32_t id = shim_next_++;
+    std::string payload;
+    wire::putLe32(&payload, id);
+    payload += msg;
+    wire::appendFrame(&out_, Frame::kMcpAsk, payload);
+    shim_waiting_.emplace_back(id, conn);
   }
 }
 
@@ -742,6 +828,8 @@ int Relay::run() {
     }
     size_t stdin_at = pfds.size();
     pfds.push_back({io_.stdin_fd, static_cast<short>(stdin_buf_.empty() ? 0 : POLLOUT), 0});
+    size_t shim_at = pfds.size();
+    pfds.push_back({g_mcp, POLLIN, 0});
     if (poll(pfds.data(), pfds.size(), -1) < 0) {
       if (errno == EINTR) {
         continue;
@@ -753,6 +841,9 @@ int Relay::run() {
     }
     if ((pfds[1].revents & POLLIN) != 0) {
       readControl();
+    }
+    if ((pfds[shim_at].revents & POLLIN) != 0) {
+      acceptShim();
     }
     if ((pfds[1].revents & POLLOUT) != 0 && !out_.empty()) {
       ssize_t n = write(g_ctl, out_.data(), out_.size());
@@ -815,6 +906,7 @@ int main() {
   sethostname(spec.hostname.c_str(), spec.hostname.size());
   loopbackUp();
   networkUp(kRoot);
+  mcpListen();
   Io io = setupIo(spec);
 
   sigset_t mask;

@@ -908,11 +908,20 @@ Error Session::handleFrames() {
       case Frame::kError:
         guest_error_ = Error(ErrorCode::kIo, payload);
         break;
+      case Frame::kMcpAsk:
+        if (payload.size() >= 4) {
+          std::string reply = payload.substr(0, 4);
+          reply += spec_.mcp_answer ? spec_.mcp_answer(std::string_view(payload).substr(4))
+                                    : "Dthis session has no MCP supervisor";
+          wire::appendFrame(&out_, Frame::kMcpAnswer, reply);
+        }
+        break;
       case Frame::kSpec:
       case Frame::kStdin:
       case Frame::kWinsize:
       case Frame::kSignal:
       case Frame::kCloseOutput:
+      case Frame::kMcpAnswer:
         break;
     }
   }

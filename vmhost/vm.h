@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "policy/error.h"
@@ -26,6 +27,11 @@ struct VmSpec {
   // guest gets no network device at all.
   int net_fd = -1;
   uint16_t proxy_port = 15001;
+  // mcp_answer answers a request of the preload shim inside the guest
+  // (policy/wire.h, without descriptors), which the guest's init relays
+  // over the control port; see proxy::answerUnwrapped. Unset: every
+  // request is refused.
+  std::function<std::string(std::string_view)> mcp_answer;
   unsigned memory_mib = 1024;
   unsigned cpus = 1;
   // image_dir holds vmlinux and initramfs.cpio (scripts/vm-prepare.sh);

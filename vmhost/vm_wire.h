@@ -47,6 +47,7 @@ enum class Frame : uint8_t {
   kWinsize = 3,      // 4 bytes: rows, cols (16-bit little-endian each)
   kSignal = 4,       // 1 byte: a signal for the command's process group
   kCloseOutput = 5,  // 1 byte: 1 or 2, the host can no longer write that stream
+  kMcpAnswer = 6,    // 4 bytes: the id of a kMcpAsk, then the reply (policy/wire.h)
   // guest -> host
   kHello = 16,    // the control port is open (boot finished)
   kStarted = 17,  // the command was started
@@ -54,6 +55,8 @@ enum class Frame : uint8_t {
   kStderr = 19,   // bytes the command wrote to stderr
   kExit = 20,     // 4 bytes: the exit status as guard reports it (128+N for signal N)
   kError = 21,    // a setup error, one line of text; the guest powers off after it
+  kMcpAsk = 22,   // 4 bytes: an id, then one request of the guest's preload shim
+                  // (policy/wire.h, without its descriptors), for the host to answer
 };
 
 // writeAll writes N bytes of P to FD, waiting while a non-blocking FD is

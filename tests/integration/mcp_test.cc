@@ -110,8 +110,16 @@ class World {
 
   // guard runs ARGV in the session, in the project.
   Run guard(const std::vector<std::string>& argv, int timeout_ms = 60000) const {
-    std::vector<std::string> full = {guardPath(), "--policy", policy, "--audit", audit, "--"};
+    std::vector<std::string> full = {guardPath()};
+    full.insert(full.end(), flags.begin(), flags.end());
+    for (const std::string& a :
+         {std::string("--policy"), policy, std::string("--audit"), audit, std::string("--")}) {
+      full.push_back(a);
+    }
     full.insert(full.end(), argv.begin(), argv.end());
+    if (!flags.empty()) {
+      timeout_ms = std::max(timeout_ms, 240000);  // a VM under TCG emulation
+    }
     return runProgram(full, project,
                       {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + project, "LANG=C.UTF-8"},
                       timeout_ms);
@@ -180,6 +188,7 @@ class World {
   }
 
   std::string base, project, files, policy, audit;
+  std::vector<std::string> flags;  // guard options before --policy ({"--vm", ...})
 };
 
 json call(const std::string& name, const json& args) {
@@ -735,6 +744,39 @@ TEST_CASE("mcp: an MCP endpoint the policy does not name is blocked", "[integrat
   CHECK(countLines(readFile(h.w.base + "/rogue.log"), "Received MCP") == 0);
   // The same host is reachable: only MCP was refused.
   CHECK(contains(readFile(h.w.base + "/dns.log"), "rogue.test"));
+}
+
+TEST_CASE("mcp: inside a VM no stdio server runs unfiltered, and other programs still run",
+          "[integration][mcp][vm]") {
+  GUARD_VM_REQUIRE();
+  World w;
+  w.flags = {"--vm", "--vm-memory", "512"};
+  // An approved server: the guest's shim cannot hand it to a filter, so it
+  // is refused rather than run unfiltered.
+  json approved = w.raw({kInit, rpc(1, "tools/list", json::object())},
+                        {"node", serverJs("server-everything"), "stdio"}, 4000);
+  INFO(approved.dump(2));
+  CHECK(approved["exit"] == 126);
+  CHECK(errorCodes(approved).count(1) == 0);  // no tool list came back
+  // An unapproved one, caught by what it reads: it never writes the marker.
+  std::string marker = w.files + "/vm-wrote";
+  json unapproved = w.raw({writeCall(1, "write_file", marker), kInit},
+                          {"node", serverJs("server-filesystem"), w.files}, 20000);
+  INFO(unapproved.dump(2));
+  CHECK_FALSE(exists(marker));
+  CHECK(unapproved["exit"] == 126);
+  // node itself is a candidate name: a program that is no MCP server runs.
+  Run r = w.guard({"node", "-e", "require('fs').writeFileSync('plain-ran', 'yes')"});
+  INFO(describe(r));
+  CHECK(r.status == 0);
+  CHECK(readFile(w.project + "/plain-ran") == "yes");
+  bool refused = false;
+  for (const json& e : w.events()) {
+    refused = refused || (e.value("target", "") == "everything" &&
+                          e.value("decision", "") == "deny" &&
+                          e["details"].value("mode", "") == "vm");
+  }
+  CHECK(refused);
 }
 
 }  // namespace
