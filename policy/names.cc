@@ -382,12 +382,15 @@ bool globMatch(std::string_view pattern, std::string_view text) {
   size_t star = std::string_view::npos;
   size_t resume = 0;
   while (t < text.size()) {
-    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
-      ++p;
-      ++t;
-    } else if (p < pattern.size() && pattern[p] == '*') {
+    // A '*' in the pattern is always a wildcard, also where the text holds
+    // a '*' of its own: matching it literally there would lose the
+    // backtrack point, and "SECRET_*r" would escape "SECRET_*".
+    if (p < pattern.size() && pattern[p] == '*') {
       star = p++;
       resume = t;
+    } else if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
+      ++p;
+      ++t;
     } else if (star != std::string_view::npos) {
       p = star + 1;
       t = ++resume;

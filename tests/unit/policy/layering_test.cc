@@ -1028,5 +1028,22 @@ TEST_CASE("a later locked audit-mode rule does not soften an enforced locked flo
   }
 }
 
+TEST_CASE("a locked env glob floors names that hold glob characters themselves",
+          "[unit][policy][layering]") {
+  // Found by tests/fuzz/policy_fuzz.cc: "SECRET_*r" was allowed by a later
+  // layer's "SECRET_*" although the org layer denies "SECRET_*", locked.
+  Policy p = compileOk({orgLayer("env:\n  rules:\n    - id: org.floor.secret\n"
+                                 "      deny: \"SECRET_*\"\n      locked: true\n"),
+                        projectLayer("mode: audit\nenv:\n  default: allow\n  rules:\n"
+                                     "    - allow: [SECRET_KEY, \"SECRET_*\", \"*\"]\n")});
+  for (const char* name : {"SECRET_KEY", "SECRET_*r", "SECRET_*", "SECRET_?", "SECRET_x"}) {
+    INFO(name);
+    Verdict v = p.env(name);
+    CHECK(dec(v) == "deny");
+    CHECK(std::string(v.rule.id) == "org.floor.secret");
+  }
+  CHECK(dec(p.env("OTHER")) == "allow");
+}
+
 }  // namespace
 }  // namespace guard::policy

@@ -356,6 +356,16 @@ TEST_CASE("globMatch: * matches any run, ? one byte, the rest itself", "[unit]")
       {"*aab", "aaab", true},
       {"mis*is*ip*i", "mississippi", true},
       {"mis*is*ip*x", "mississippi", false},
+      // a '*' or '?' in the text is an ordinary byte: a pattern's '*' still
+      // spans it (found by the policy fuzzer: "SECRET_*r" escaped "SECRET_*")
+      {"SECRET_*", "SECRET_*r", true},
+      {"SECRET_*", "SECRET_*", true},
+      {"delete_*", "delete_*all", true},
+      {"x*.pem", "x*.pem.pem", true},
+      {"*a", "*ba", true},
+      {"a*", "*a", false},
+      {"?", "*", true},
+      {"a\\*", "a\\", true},  // no escapes: the backslash is a byte
   };
   for (const Case& c : cases) {
     INFO("pattern '" << c.pattern << "' text '" << c.text << "'");
