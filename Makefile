@@ -120,7 +120,7 @@ lint: all
 
 # check: everything, ending with the suite's "N passed, N failed" line:
 # lint, fuzz corpus replay, unit and view tests under ASan/UBSan, each
-# libFuzzer target for CHECK_FUZZ_SECONDS, both benchmarks in smoke mode,
+# libFuzzer target for CHECK_FUZZ_SECONDS, the benchmarks in smoke mode,
 # then every test.
 CHECK_FUZZ_SECONDS ?= 30
 check: all $(TESTS) $(BUILD)/bench/proxy-loadgen lint fuzz-replay
@@ -132,6 +132,7 @@ ifeq ($(SAN),)
 	bench/host/run.sh --smoke --guard $(GUARD) > /dev/null
 	$(MAKE) bench-proxy-smoke > /dev/null
 	$(MAKE) bench-mcp-smoke > /dev/null
+	$(MAKE) bench-vm-smoke > /dev/null
 endif
 	GUARD_BIN=$(abspath $(GUARD)) $(TESTS)
 
@@ -165,5 +166,7 @@ clean:
 -include bench/proxy/module.mk
 # The MCP governance benchmark (shim overhead, tools/call round trip).
 -include bench/mcp/module.mk
-# VM mode: the guest init and the guest image (make vm-image; make check runs it).
+# VM mode: the guest init and the guest image (make vm-image; make check runs it),
+# and its benchmark against a bare microvm boot.
 -include vmhost/module.mk
+-include bench/vm/module.mk

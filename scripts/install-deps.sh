@@ -13,7 +13,7 @@ packages=(
   # jail and capture
   libseccomp-dev libnftables-dev
   # benchmarks and tools the tests drive
-  libbenchmark-dev binutils iproute2 git python3 procps bubblewrap hyperfine
+  libbenchmark-dev binutils iproute2 git python3 procps bubblewrap hyperfine time cpio
   # the host-mode tests: real tools run inside sessions, a static helper, an unprivileged user
   libc6-dev nodejs strace util-linux passwd
   # the network tests: a test origin (nginx) with a test PKI (openssl), real

@@ -773,6 +773,7 @@ Error Session::start() {
   if (const char* extra = getenv("GUARD_VM_APPEND"); extra != nullptr && extra[0] != '\0') {
     append += std::string(" ") + extra;
   }
+  spdlog::debug("vm: kernel command line: {}", append);  // bench/vm/run.sh reads it
   ChildSpec q;
   q.path = qemu;
   // clang-format off: one option per line
