@@ -2022,7 +2022,11 @@ bool Proxy::requestFilter(Conn* c) {
       return true;
     }
     if (c->name.empty()) {
-      Verdict v = p_.connect(host, &c->ip, c->port);
+      // An address in Host (http://192.0.2.7/) is judged as that address,
+      // by the address rules; a name, with the address it was reached at.
+      policy::IpAddr literal;
+      Verdict v = policy::IpAddr::parse(host, &literal) ? p_.connect("", &literal, c->port)
+                                                : p_.connect(host, &c->ip, c->port);
       if (!v.allowed()) {
         audit("http", url, "deny", &v, "the Host header names " + host + ", which is not allowed", details);
         refuse(c, 403, "guard: " + host + " is not allowed");

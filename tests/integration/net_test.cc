@@ -434,6 +434,36 @@ TEST_CASE("load: 1,000 concurrent connections, 20,000 intercepted requests, one 
   CHECK(conns >= 1000);
 }
 
+TEST_CASE("an address in the Host header is judged by the address rules",
+          "[integration][net][adversarial]") {
+  GUARD_NET_READY();
+  Net n;
+  int h = n.net.httpPort("allowed.test");
+  std::string allowed = n.net.address("allowed.test");
+  std::string forbidden = n.net.address("forbidden.test");
+  std::ofstream(n.policy) << "version: 1\n"
+                             "network:\n"
+                             "  default: deny\n"
+                             "  rules:\n"
+                             "    - id: t.by-address\n"
+                             "      allow: [" << allowed << "]\n"
+                             "      ports: [" << h << "]\n"
+                             "filesystem:\n"
+                             "  default: read-only\n"
+                             "  rules:\n"
+                             "    - read-write: " << n.project << "\n";
+  // Through the explicit proxy (HTTP_PROXY): the request line and Host name
+  // the address itself.
+  Run r = n.run("curl -sS --max-time 10 -o /dev/null -w '%{http_code} ' http://" + allowed +
+                ":$H/?via=ip-literal; curl -sS --max-time 10 -o /dev/null -w '%{http_code}' "
+                "http://" + forbidden + ":$H/?via=ip-denied");
+  INFO(r.out << r.err);
+  CHECK(r.out == "200 403");
+  CHECK(n.net.waitAccessLog("allowed.test", "via=ip-literal"));
+  usleep(300 * 1000);
+  CHECK_FALSE(has(n.net.accessLog("forbidden.test"), "via=ip-denied"));
+}
+
 // ---------------------------------------------------------------------------
 // VM mode: the same proxy, reached from the guest through the tap device in
 // QEMU's network namespace (vmhost/netns.h). Judged the same way: by the
