@@ -273,7 +273,9 @@ void sleepMs(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)
 // Who runs guard: the test's own user, or the unprivileged guardtest.
 // ---------------------------------------------------------------------------
 
-enum class As { kCaller, kUnprivileged };
+// kVm: the caller, with the command in a VM (guard --vm): the same checks,
+// the same verdicts read from outside.
+enum class As { kCaller, kUnprivileged, kVm };
 
 struct UnprivUser {
   uid_t uid = 0;
@@ -405,6 +407,9 @@ class Workspace {
     plant(secretKey());
     plant(secret + "/id.pem");
     writePolicy();
+    if (as == As::kVm) {
+      flags = {"--vm", "--vm-memory", "512"};
+    }
   }
 
   ~Workspace() { removeTree(base); }
@@ -558,7 +563,11 @@ class Workspace {
     return guardArgv({"sh", "-c", script}, o);
   }
   Run guardArgv(const std::vector<std::string>& cmd, const RunOptions& o = {}) const {
-    return runChild(argv(cmd), project, env(), o);
+    RunOptions vo = o;
+    if (as_ == As::kVm) {
+      vo.timeout_ms = std::max(o.timeout_ms, 180000);  // a boot under TCG emulation
+    }
+    return runChild(argv(cmd), project, env(), vo);
   }
   void start(Child* c, const std::string& script, const RunOptions& o = {}) const {
     c->start(argv({"sh", "-c", script}), project, env(), o);
@@ -1859,6 +1868,24 @@ TEST_CASE("host: the project is not bound where a hidden file shares its device,
   CHECK_FALSE(mountedAt(w, "mounts", w.project));
   CHECK(r.status != 0);
   checkNoSecret(w, r);
+}
+
+// ---------------------------------------------------------------------------
+// VM mode: the same adversarial checks with the command inside the VM.
+// ---------------------------------------------------------------------------
+
+TEST_CASE("host (vm): hidden files stay hidden directly, via links and /proc roots",
+          "[integration][host][vm]") {
+  GUARD_VM_REQUIRE();
+  SECTION("directly") { checkHiddenDirect(As::kVm); }
+  SECTION("via links") { checkHiddenViaLinks(As::kVm); }
+  SECTION("via /proc roots") { checkHiddenViaProcRoot(As::kVm); }
+}
+
+TEST_CASE("host (vm): read-only files and directories refuse every change",
+          "[integration][host][vm]") {
+  GUARD_VM_REQUIRE();
+  checkReadOnly(As::kVm, {}, {});
 }
 
 }  // namespace
