@@ -67,12 +67,8 @@ static int wireConnect(void) {
   if (s < 0) {
     return kWireFailed;
   }
-  /* Abstract name: sun_path[0] stays 0 and the length covers the name only. */
-  struct sockaddr_un addr = {.sun_family = AF_UNIX};
-  memcpy(addr.sun_path + 1, GUARD_WIRE_NAME, sizeof(GUARD_WIRE_NAME) - 1);
-  /* Safe cast: a few dozen bytes. sizeof counts the name's NUL, which stands
-     for the leading 0 of sun_path. */
-  socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + sizeof(GUARD_WIRE_NAME));
+  struct sockaddr_un addr;
+  socklen_t len = guard_wire_address(&addr);
   /* Safe cast: sockaddr_un is one of the sockaddr types connect accepts. */
   while (connect(s, (const struct sockaddr*)&addr, len) != 0) {
     int err = errno;

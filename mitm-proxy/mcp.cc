@@ -694,85 +694,6 @@ void McpSupervisor::serveOne(int conn) {
   close(conn);
 }
 
-void McpSupervisor::exec(int conn, std::string_view payload, const std::vector<int>& fds) {
-  std::vector<std::string> parts = splitNul(payload);
-  std::vector<std::string> argv(parts.size() > 1 ? parts.begin() + 1 : parts.end(), parts.end());
-  std::string name(ctx_.policy->mcpServerForCommand(argv));
-  if (name.empty()) {
-    sendReply(conn, "P");
-    close(fds[0]);
-    close(fds[1]);
-    close(conn);
-    return;
-  }
-  Verdict v = ctx_.policy->mcpServer(name);
-  json details = {{"server", name}, {"transport", "stdio"}, {"argv", argv}};
-  if (!v.allowed()) {
-    std::string message = "MCP server '" + name + "' (" + joinArgv(argv) + ") is denied by " +
-                          std::string(v.rule.id) +
-                          (v.reason.empty() ? "" : ": " + std::string(v.reason));
-    auditMcp(ctx_, "start", name, v, {}, std::move(details));
-    deny(conn, name, message, fds[0], fds[1], {});
-    return;
-  }
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-    sendReply(conn, "Dcannot create the socket that wraps the MCP server");
-    close(fds[0]);
-    close(fds[1]);
-    close(conn);
-    return;
-  }
-  struct stat st {};
-  fstat(sv[1], &st);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    wrapped_.insert(st.st_ino);
-  }
-  auditMcp(ctx_, "start", name, v, {}, std::move(details));
-  sendReply(conn, "W", sv[1]);
-  close(sv[1]);
-  close(conn);
-  uint64_t ino = st.st_ino;
-  int client_in = fds[0];
-  int client_out = fds[1];
-  int server = sv[0];
-  std::thread([this, name, client_in, client_out, server, ino] {
-    McpFilter filter(&ctx_, name, "stdio");
-    relayStdio(&filter, client_in, client_out, server);
-    std::lock_guard<std::mutex> lock(mu_);
-    wrapped_.erase(ino);
-  }).detach();
-}
-
-void McpSupervisor::deny(int conn, const std::string& server, const std::string& message,
-                         int client_in, int client_out, std::string_view already_read) {
-  sendReply(conn, "D" + message);
-  std::string first(already_read);
-  std::thread([this, server, message, client_in, client_out, conn, first] {
-    McpFilter filter(&ctx_, server, "stdio", "guard: " + message);
-    std::string ignored;
-    std::string answers;
-    // Answer what the process had already read before it was caught.
-    size_t at = 0;
-    while (at < first.size()) {
-      size_t nl = first.find('\n', at);
-      if (nl == std::string::npos) {
-        break;  // the rest of that message is still in the pipe
-      }
-      filter.fromClient(std::string_view(first).substr(at, nl - at), &ignored, &answers);
-      at = nl + 1;
-    }
-    if (!answers.empty()) {
-      fcntl(client_out, F_SETFL, fcntl(client_out, F_GETFL) & ~O_NONBLOCK);
-      ssize_t unused = write(client_out, answers.data(), answers.size());
-      (void)unused;
-    }
-    relayStdio(&filter, client_in, client_out, -1);
-    close(conn);  // lets the denied process exit
-  }).detach();
-}
-
 namespace {
 
 enum class Sniff { kMcp, kOther, kUndecided };
@@ -832,6 +753,139 @@ Sniff classifySniffed(std::string_view data) {
 
 }  // namespace
 
+namespace {
+
+// Start is what happens to a program the shim asks about.
+struct Start {
+  enum Kind { kRun, kWrap, kDeny } kind = kRun;
+  std::string name;     // the policy's name for the server ("" when none)
+  std::string message;  // kDeny: the one line the shim prints
+};
+
+// judgeStart decides one program the shim asks about: started by exec
+// (DETECTED false: only servers an entry names are judged) or caught by
+// its first MCP message (DETECTED true). UNWRAPPABLE, when set, says why no
+// filter can be put between client and server; an approved server is then
+// refused rather than run unfiltered. Every decision but kRun of a program
+// no entry names is an audit event, except kWrap's, which the caller
+// emits once the wrap is in place.
+Start judgeStart(const McpContext& ctx, const std::vector<std::string>& argv, bool detected,
+                 const char* unwrappable, Verdict* verdict, json* details) {
+  Start st;
+  st.name = std::string(ctx.policy->mcpServerForCommand(argv));
+  if (!detected && st.name.empty()) {
+    return st;  // not a server any entry names
+  }
+  Verdict v = ctx.policy->mcpServer(st.name);
+  *details = {{"server", st.name}, {"transport", "stdio"}, {"argv", argv}};
+  if (detected) {
+    (*details)["detected"] = true;
+  }
+  std::string target = st.name.empty() ? joinArgv(argv) : st.name;
+  if (v.allowed() && st.name.empty()) {
+    // The default admits servers no entry names; there is no entry whose
+    // tools could be filtered, so the process goes on unwrapped.
+    auditMcp(ctx, "start", target, v, {}, std::move(*details));
+    return st;
+  }
+  if (v.allowed() && unwrappable == nullptr) {
+    st.kind = Start::kWrap;
+    *verdict = v;
+    return st;
+  }
+  st.kind = Start::kDeny;
+  if (!v.allowed()) {
+    st.message = (st.name.empty() ? "an MCP server no policy entry approves (" + joinArgv(argv) + ")"
+                                  : "MCP server '" + st.name + "' (" + joinArgv(argv) + ")") +
+                 " is denied by " + std::string(v.rule.id) +
+                 (v.reason.empty() ? "" : ": " + std::string(v.reason));
+  } else {
+    st.message = "MCP server '" + st.name + "' (" + joinArgv(argv) + ") " + unwrappable;
+    v.decision = policy::Decision::kDeny;  // approved, but unfiltered: fail closed
+    v.reason = unwrappable;
+  }
+  auditMcp(ctx, "start", target, v, {}, std::move(*details));
+  return st;
+}
+
+}  // namespace
+
+void McpSupervisor::exec(int conn, std::string_view payload, const std::vector<int>& fds) {
+  std::vector<std::string> parts = splitNul(payload);
+  std::vector<std::string> argv(parts.size() > 1 ? parts.begin() + 1 : parts.end(), parts.end());
+  Verdict v;
+  json details;
+  Start start = judgeStart(ctx_, argv, false, nullptr, &v, &details);
+  if (start.kind == Start::kRun) {
+    sendReply(conn, "P");
+    close(fds[0]);
+    close(fds[1]);
+    close(conn);
+    return;
+  }
+  if (start.kind == Start::kDeny) {
+    deny(conn, start.name, start.message, fds[0], fds[1], {});
+    return;
+  }
+  const std::string& name = start.name;
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    sendReply(conn, "Dcannot create the socket that wraps the MCP server");
+    close(fds[0]);
+    close(fds[1]);
+    close(conn);
+    return;
+  }
+  struct stat st {};
+  fstat(sv[1], &st);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    wrapped_.insert(st.st_ino);
+  }
+  auditMcp(ctx_, "start", name, v, {}, std::move(details));
+  sendReply(conn, "W", sv[1]);
+  close(sv[1]);
+  close(conn);
+  uint64_t ino = st.st_ino;
+  int client_in = fds[0];
+  int client_out = fds[1];
+  int server = sv[0];
+  std::thread([this, name, client_in, client_out, server, ino] {
+    McpFilter filter(&ctx_, name, "stdio");
+    relayStdio(&filter, client_in, client_out, server);
+    std::lock_guard<std::mutex> lock(mu_);
+    wrapped_.erase(ino);
+  }).detach();
+}
+
+void McpSupervisor::deny(int conn, const std::string& server, const std::string& message,
+                         int client_in, int client_out, std::string_view already_read) {
+  sendReply(conn, "D" + message);
+  std::string first(already_read);
+  std::thread([this, server, message, client_in, client_out, conn, first] {
+    McpFilter filter(&ctx_, server, "stdio", "guard: " + message);
+    std::string ignored;
+    std::string answers;
+    // Answer what the process had already read before it was caught.
+    size_t at = 0;
+    while (at < first.size()) {
+      size_t nl = first.find('\n', at);
+      if (nl == std::string::npos) {
+        break;  // the rest of that message is still in the pipe
+      }
+      filter.fromClient(std::string_view(first).substr(at, nl - at), &ignored, &answers);
+      at = nl + 1;
+    }
+    if (!answers.empty()) {
+      fcntl(client_out, F_SETFL, fcntl(client_out, F_GETFL) & ~O_NONBLOCK);
+      ssize_t unused = write(client_out, answers.data(), answers.size());
+      (void)unused;
+    }
+    relayStdio(&filter, client_in, client_out, -1);
+    close(conn);  // lets the denied process exit
+  }).detach();
+}
+
 void McpSupervisor::sniffed(int conn, std::string_view payload, const std::vector<int>& fds) {
   size_t end = payload.find(std::string_view("\0\0", 2));
   std::vector<std::string> argv =
@@ -859,27 +913,16 @@ void McpSupervisor::sniffed(int conn, std::string_view payload, const std::vecto
     plain(kind == Sniff::kOther ? "P" : "A");
     return;
   }
-  std::string name(ctx_.policy->mcpServerForCommand(argv));
-  Verdict v = ctx_.policy->mcpServer(name);
-  json details = {{"server", name}, {"transport", "stdio"}, {"argv", argv}, {"detected", true}};
-  if (v.allowed() && name.empty()) {
-    // The default admits servers no entry names; there is no entry whose
-    // tools could be filtered, so the process goes on unwrapped.
-    auditMcp(ctx_, "start", joinArgv(argv), v, {}, std::move(details));
-    plain("P");
+  Verdict v;
+  json details;
+  Start start = judgeStart(ctx_, argv, true,
+                           "was started in a way guard could not wrap; start it by its command",
+                           &v, &details);
+  if (start.kind != Start::kDeny) {
+    plain("P");  // kWrap cannot happen: an unwrappable start is never wrapped
     return;
   }
-  std::string message =
-      name.empty()
-          ? "an MCP server no policy entry approves (" + joinArgv(argv) + ") is denied by " +
-                std::string(v.rule.id)
-          : "MCP server '" + name + "' was started in a way guard could not wrap (" +
-                joinArgv(argv) + "); start it by its command";
-  if (v.allowed()) {
-    v.decision = policy::Decision::kDeny;  // approved, but unfiltered: fail closed
-  }
-  auditMcp(ctx_, "start", name.empty() ? joinArgv(argv) : name, v, {}, std::move(details));
-  deny(conn, name, message, fds[0], fds[1], data);
+  deny(conn, start.name, start.message, fds[0], fds[1], data);
 }
 
 std::string answerUnwrapped(const McpContext& ctx, std::string_view request) {
@@ -896,11 +939,11 @@ std::string answerUnwrapped(const McpContext& ctx, std::string_view request) {
     }
     return reply;
   }
-  json details = {{"transport", "stdio"}, {"wrapped", false}};
+  bool detected = request[0] == 'S';
   if (request[0] == 'E') {
     std::vector<std::string> parts = splitNul(payload);
     argv.assign(parts.size() > 1 ? parts.begin() + 1 : parts.end(), parts.end());
-  } else if (request[0] == 'S') {
+  } else if (detected) {
     size_t end = payload.find(std::string_view("\0\0", 2));
     argv = splitNul(payload.substr(0, end == std::string_view::npos ? payload.size() : end));
     Sniff kind = classifySniffed(end == std::string_view::npos ? std::string_view()
@@ -908,34 +951,15 @@ std::string answerUnwrapped(const McpContext& ctx, std::string_view request) {
     if (kind != Sniff::kMcp) {
       return kind == Sniff::kOther ? "P" : "A";
     }
-    details["detected"] = true;
   } else {
     return "Dunknown request from the preload shim";
   }
-  std::string name(ctx.policy->mcpServerForCommand(argv));
-  if (request[0] == 'E' && name.empty()) {
-    return "P";  // not a server any entry names
-  }
-  Verdict v = ctx.policy->mcpServer(name);
-  details["server"] = name;
-  details["argv"] = argv;
-  if (v.allowed() && name.empty()) {
-    auditMcp(ctx, "start", joinArgv(argv), v, {}, std::move(details));
-    return "P";  // the default admits unnamed servers: nothing to filter
-  }
-  std::string message;
-  if (!v.allowed()) {
-    message = (name.empty() ? "an MCP server no policy entry approves (" + joinArgv(argv) + ")"
-                            : "MCP server '" + name + "' (" + joinArgv(argv) + ")") +
-              " is denied by " + std::string(v.rule.id);
-  } else {
-    message = "MCP server '" + name + "' cannot be filtered here (" + ctx.mode +
-              " mode); it is refused rather than run unfiltered";
-    v.decision = policy::Decision::kDeny;  // approved, but unfiltered: fail closed
-    v.reason = "no filter can sit between this client and server";
-  }
-  auditMcp(ctx, "start", name.empty() ? joinArgv(argv) : name, v, {}, std::move(details));
-  return "D" + message;
+  Verdict v;
+  json details;
+  std::string why = "cannot be filtered in " + ctx.mode +
+                    " mode; it is refused rather than run unfiltered";
+  Start start = judgeStart(ctx, argv, detected, why.c_str(), &v, &details);
+  return start.kind == Start::kDeny ? "D" + start.message : "P";
 }
 
 }  // namespace guard::proxy

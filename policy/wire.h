@@ -59,6 +59,11 @@
 #ifndef GUARD_POLICY_WIRE_H
 #define GUARD_POLICY_WIRE_H
 
+#include <stddef.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
 /* The abstract socket name, without its leading NUL byte. */
 #define GUARD_WIRE_NAME "guard-mcp-supervisor"
 /* Largest request or reply, in bytes; an exec whose file and argv do not
@@ -68,5 +73,15 @@
 #define GUARD_WIRE_MAX_SNIFF 49152
 /* Exit status of a process the supervisor denied. */
 #define GUARD_WIRE_DENIED_STATUS 126
+
+/* guard_wire_address fills ADDR with the abstract name (sun_path[0] stays 0)
+   and returns the address length, which covers the name only: sizeof counts
+   the name's NUL, which stands for the leading 0. For bind and connect. */
+static inline socklen_t guard_wire_address(struct sockaddr_un* addr) {
+  memset(addr, 0, sizeof(*addr));
+  addr->sun_family = AF_UNIX;
+  memcpy(addr->sun_path + 1, GUARD_WIRE_NAME, sizeof(GUARD_WIRE_NAME) - 1);
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + sizeof(GUARD_WIRE_NAME));
+}
 
 #endif /* GUARD_POLICY_WIRE_H */

@@ -694,11 +694,8 @@ int g_mcp = -1;
 
 void mcpListen() {
   g_mcp = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  sockaddr_un sun = {};
-  sun.sun_family = AF_UNIX;
-  memcpy(sun.sun_path + 1, GUARD_WIRE_NAME, sizeof(GUARD_WIRE_NAME) - 1);
-  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 +
-                                         sizeof(GUARD_WIRE_NAME) - 1);
+  sockaddr_un sun;
+  socklen_t len = guard_wire_address(&sun);
   if (g_mcp < 0 || bind(g_mcp, reinterpret_cast<sockaddr*>(&sun), len) != 0 ||
       listen(g_mcp, 64) != 0) {
     fatal("listen for the preload shim", errno);
@@ -707,8 +704,7 @@ void mcpListen() {
 
 // acceptShim takes the shim's pending connections and relays each request
 // to the host, which decides by the policy (proxy::answerUnwrapped): no
-// MCP server inside the guest runs unfiltered. The descriptors a request
-// carries are closed unused.
+// MCP server inside the guest runs unfiltered.
 void Relay::acceptShim() {
   for (;;) {
     int conn = accept4(g_mcp, nullptr, nullptr, SOCK_CLOEXEC);
@@ -717,25 +713,14 @@ void Relay::acceptShim() {
     }
     timeval tv{1, 0};  // a shim sends its request right after connecting
     setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    // No room for the descriptors a request carries: the kernel closes
+    // them (they are the caller's stdio, of no use here).
     std::string msg(GUARD_WIRE_MAX_MSG, '\0');
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
     iovec iov{msg.data(), msg.size()};
     msghdr mh = {};
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
-    mh.msg_control = control;
-    mh.msg_controllen = sizeof(control);
-    ssize_t n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC);
-    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < count; ++i) {
-          int fd;
-          memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-          close(fd);
-        }
-      }
-    }
+    ssize_t n = recvmsg(conn, &mh, 0);
     if (n <= 0 || (mh.msg_flags & MSG_TRUNC) != 0) {
       close(conn);  // the shim treats a missing reply as a refusal
       continue;

@@ -309,10 +309,8 @@ static bool handOver(int net_fd, uint16_t proxy_port, bool v6, bool any, std::st
   // the network namespace, so only the session's processes can reach it,
   // and it is bound before the agent could take the name.
   int mcp = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  memcpy(sun.sun_path + 1, GUARD_WIRE_NAME, sizeof(GUARD_WIRE_NAME) - 1);
-  socklen_t sun_len = offsetof(sockaddr_un, sun_path) + 1 + sizeof(GUARD_WIRE_NAME) - 1;
+  sockaddr_un sun;
+  socklen_t sun_len = guard_wire_address(&sun);
   if (mcp < 0 || bind(mcp, reinterpret_cast<sockaddr*>(&sun), sun_len) != 0 ||
       listen(mcp, 128) != 0) {
     *what = "listen on the MCP supervisor's socket";

@@ -154,10 +154,8 @@ int main(int argc, char** argv) {
   if (listener < 0) {
     die(std::string("socket: ") + std::strerror(errno));
   }
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  std::memcpy(sun.sun_path + 1, GUARD_WIRE_NAME, sizeof(GUARD_WIRE_NAME) - 1);
-  socklen_t sun_len = offsetof(sockaddr_un, sun_path) + 1 + sizeof(GUARD_WIRE_NAME) - 1;
+  sockaddr_un sun;
+  socklen_t sun_len = guard_wire_address(&sun);
   if (bind(listener, reinterpret_cast<sockaddr*>(&sun), sun_len) != 0) {
     die(std::string("bind @" GUARD_WIRE_NAME ": ") + std::strerror(errno) +
         (errno == EADDRINUSE ? " (another supervisor serves this network namespace)" : ""));
