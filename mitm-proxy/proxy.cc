@@ -50,7 +50,7 @@ using Clock = std::chrono::steady_clock;
 using policy::AuditEvent;
 using policy::Verdict;
 
-constexpr size_t kCap = 256 * 1024;   // bytes buffered per direction before reads pause
+constexpr size_t kCap = 1024 * 1024;  // bytes buffered per direction before reads pause
 constexpr size_t kChunk = 64 * 1024;  // one read into a small buffer
 constexpr size_t kRecord = 16384;     // the most plaintext in a TLS record (RFC 8446 5.1)
 constexpr auto kHandshakeTimeout = std::chrono::seconds(15);

@@ -390,7 +390,14 @@ struct Shared {
   std::atomic<bool> fatal{false};
   std::mutex err_mu;
   std::string first_error;
+  std::string cipher;  // what the first handshake negotiated, e.g. TLSv1.3/TLS_AES_128_GCM_SHA256
 
+  void noteCipher(const SSL* ssl) {
+    std::lock_guard<std::mutex> l(err_mu);
+    if (cipher.empty()) {
+      cipher = std::string(SSL_get_version(ssl)) + "/" + SSL_CIPHER_standard_name(SSL_get_current_cipher(ssl));
+    }
+  }
   void noteError(const std::string& e) {
     std::lock_guard<std::mutex> l(err_mu);
     if (first_error.empty()) {
@@ -932,6 +939,7 @@ class Worker {
         case St::kHandshake: {
           int r = SSL_do_handshake(c.ssl);
           if (r == 1) {
+            sh_->noteCipher(c.ssl);
             c.st = St::kWriteReq;
             c.out_off = 0;
             if (o.mode != Mode::kHold && o.mode != Mode::kNewConn) {
@@ -1269,6 +1277,7 @@ int main(int argc, char** argv) {
   m.emplace_back("threads", std::to_string(o.threads));
   m.emplace_back("setup_s", fmt(static_cast<double>(t_setup - t0) / 1e9, 3));
   m.emplace_back("seconds", fmt(window, 3));
+  m.emplace_back("tls", sh.cipher.empty() ? "none" : sh.cipher);
   if (hold) {
     m.emplace_back("held", std::to_string(held));
     m.emplace_back("held_closed", std::to_string(all.held_closed));

@@ -31,6 +31,7 @@
 #   --conns N       keep-alive connections (default 16)
 #   --hold N        connections for the memory row
 #   --peers LIST    comma-separated subset of direct,guard,mitmproxy,squid
+#   --workloads LIST  comma-separated subset of hold,keepalive,bulk,latency,newconn
 #   --guard PATH    the guard binary (default build/guard)
 #   --loadgen PATH  the load generator (default build/bench/proxy-loadgen;
 #                   built with make when missing)
@@ -55,6 +56,7 @@ hold=
 strict=0
 keep=0
 peers_opt=direct,guard,mitmproxy,squid
+workloads_opt=hold,keepalive,bulk,latency,newconn
 guard_bin="$repo_root/build/guard"
 loadgen_src="$repo_root/build/bench/proxy-loadgen"
 while [ $# -gt 0 ]; do
@@ -66,6 +68,7 @@ while [ $# -gt 0 ]; do
     --conns) conns=$2; shift ;;
     --hold) hold=$2; shift ;;
     --peers) peers_opt=$2; shift ;;
+    --workloads) workloads_opt=$2; shift ;;
     --guard) guard_bin=$2; shift ;;
     --loadgen) loadgen_src=$2; shift ;;
     --strict) strict=1 ;;
@@ -104,6 +107,10 @@ if [ ! -x "$loadgen_src" ]; then
     die "cannot build the load generator"
 fi
 
+IFS=, read -r -a want_workloads <<<"$workloads_opt"
+for w in "${want_workloads[@]}"; do
+  [[ " hold keepalive bulk latency newconn " == *" $w "* ]] || die "unknown workload $w (try --help)"
+done
 IFS=, read -r -a want_peers <<<"$peers_opt"
 declare -A skip_reason
 has_peer() { [[ ",$peers_opt," == *",$1,"* ]]; }
@@ -415,7 +422,10 @@ run() {
 
 # hold first: in round 1 every proxy's memory is measured before any load;
 # newconn last: a proxy that crashes under it still has its other rows
-workloads=(hold keepalive bulk latency newconn)
+workloads=()
+for w in hold keepalive bulk latency newconn; do
+  [[ ",$workloads_opt," == *",$w,"* ]] && workloads+=("$w")
+done
 for ((r = 0; r < rounds; r++)); do
   log "round $((r + 1)) of $rounds"
   wi=0
