@@ -373,11 +373,14 @@ int runSession(const SessionOptions& options) {
   vmhost::VmSpec vm;
   vm.net_fd = proxy.jail_fd;
   vm.proxy_port = proxy::kProxyPort;
-  // The shim inside the guest cannot hand a server's descriptors to the
-  // supervisor: its requests are judged here, and no server runs unfiltered.
-  proxy::McpContext mcp_ctx{&p, sink.get(), base, "vm", "cli"};
-  vm.mcp_answer = [&mcp_ctx](std::string_view request) {
-    return proxy::answerUnwrapped(mcp_ctx, request);
+  // The shim inside the guest asks through the guest's init: its requests
+  // are judged here, and an approved server's stdio is filtered here too
+  // (its bytes cross the control port). Declared after the audit sink, so
+  // its relay threads are joined (once the VM's sockets are closed) before
+  // the sink goes.
+  proxy::McpGuestRelays mcp_relays(proxy::McpContext{&p, sink.get(), base, "vm", "cli"});
+  vm.mcp_answer = [&mcp_relays](std::string_view request, int* client, int* server) {
+    return mcp_relays.answer(request, client, server);
   };
   vm.argv = spec.argv;
   vm.env = spec.env;

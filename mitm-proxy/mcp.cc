@@ -375,7 +375,12 @@ struct Stream {
 
 bool flushSome(int fd, std::string* buf) {
   while (!buf->empty()) {
-    ssize_t n = write(fd, buf->data(), buf->size());
+    // A socket whose reader is gone must not raise SIGPIPE: a VM's relays
+    // may outlive the loop that ignores it (proxy::McpGuestRelays).
+    ssize_t n = send(fd, buf->data(), buf->size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == ENOTSOCK) {
+      n = write(fd, buf->data(), buf->size());
+    }
     if (n < 0 && errno == EINTR) {
       continue;
     }
@@ -549,28 +554,11 @@ namespace {
 // recvRequest reads one message with up to two descriptors.
 ssize_t recvRequest(int conn, std::string* out, std::vector<int>* fds) {
   out->resize(GUARD_WIRE_MAX_MSG + 1);
-  iovec iov{out->data(), out->size()};
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 4)];
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  mh.msg_control = cbuf;
-  mh.msg_controllen = sizeof(cbuf);
-  ssize_t n;
-  do {
-    n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < count; ++i) {
-        int fd;
-        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        fds->push_back(fd);
-      }
-    }
-  }
-  if (n < 0 || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
+  int got[4];
+  int nfds = 0;
+  ssize_t n = guard_wire_recv(conn, out->data(), out->size(), got, &nfds);
+  fds->assign(got, got + nfds);
+  if (n < 0) {
     return -1;
   }
   out->resize(static_cast<size_t>(n));
@@ -578,22 +566,7 @@ ssize_t recvRequest(int conn, std::string* out, std::vector<int>* fds) {
 }
 
 void sendReply(int conn, std::string_view reply, int fd = -1) {
-  iovec iov{const_cast<char*>(reply.data()), reply.size()};
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  if (fd >= 0) {
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof(cbuf);
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof(int));
-  }
-  while (sendmsg(conn, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR) {
-  }
+  guard_wire_send(conn, reply.data(), reply.size(), fd);
 }
 
 std::vector<std::string> splitNul(std::string_view s) {
@@ -925,7 +898,14 @@ void McpSupervisor::sniffed(int conn, std::string_view payload, const std::vecto
   deny(conn, start.name, start.message, fds[0], fds[1], data);
 }
 
-std::string answerUnwrapped(const McpContext& ctx, std::string_view request) {
+McpGuestRelays::~McpGuestRelays() {
+  for (std::thread& t : relays_) {
+    t.join();
+  }
+}
+
+std::string McpGuestRelays::answer(std::string_view request, int* client, int* server) {
+  *client = *server = -1;
   if (request.empty()) {
     return "Dempty request from the preload shim";
   }
@@ -933,7 +913,7 @@ std::string answerUnwrapped(const McpContext& ctx, std::string_view request) {
   std::vector<std::string> argv;
   if (request[0] == 'C') {
     std::string reply = "C";
-    for (const std::string& name : ctx.policy->mcpCommandNames()) {
+    for (const std::string& name : ctx_.policy->mcpCommandNames()) {
       reply += name;
       reply += '\0';
     }
@@ -944,6 +924,8 @@ std::string answerUnwrapped(const McpContext& ctx, std::string_view request) {
     std::vector<std::string> parts = splitNul(payload);
     argv.assign(parts.size() > 1 ? parts.begin() + 1 : parts.end(), parts.end());
   } else if (detected) {
+    // The guest's init answers for the servers it wrapped itself: what
+    // reaches here was started some other way.
     size_t end = payload.find(std::string_view("\0\0", 2));
     argv = splitNul(payload.substr(0, end == std::string_view::npos ? payload.size() : end));
     Sniff kind = classifySniffed(end == std::string_view::npos ? std::string_view()
@@ -956,10 +938,38 @@ std::string answerUnwrapped(const McpContext& ctx, std::string_view request) {
   }
   Verdict v;
   json details;
-  std::string why = "cannot be filtered in " + ctx.mode +
-                    " mode; it is refused rather than run unfiltered";
-  Start start = judgeStart(ctx, argv, detected, why.c_str(), &v, &details);
-  return start.kind == Start::kDeny ? "D" + start.message : "P";
+  Start start = judgeStart(
+      ctx_, argv, detected,
+      detected ? "was started in a way guard could not wrap; start it by its command" : nullptr, &v,
+      &details);
+  if (start.kind != Start::kWrap) {
+    return start.kind == Start::kDeny ? "D" + start.message : "P";
+  }
+  int c[2];
+  int s[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, c) != 0) {
+    return "Dcannot create the socket that wraps the MCP server";
+  }
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s) != 0) {
+    close(c[0]);
+    close(c[1]);
+    return "Dcannot create the socket that wraps the MCP server";
+  }
+  int client_in = fcntl(c[0], F_DUPFD_CLOEXEC, 0);  // relayStdio reads and writes apart
+  if (client_in < 0) {
+    for (int fd : {c[0], c[1], s[0], s[1]}) {
+      close(fd);
+    }
+    return "Dcannot create the socket that wraps the MCP server";
+  }
+  auditMcp(ctx_, "start", start.name, v, {}, std::move(details));
+  relays_.emplace_back([this, name = start.name, client_in, client_out = c[0], srv = s[0]] {
+    McpFilter filter(&ctx_, name, "stdio");
+    relayStdio(&filter, client_in, client_out, srv);
+  });
+  *client = c[1];
+  *server = s[1];
+  return "W";
 }
 
 }  // namespace guard::proxy

@@ -9,6 +9,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "policy/audit.h"
@@ -111,14 +112,31 @@ void relayStdio(McpFilter* filter, int client_in, int client_out, int server);
 // a socket whose other end a relay thread filters. Runs on its own thread.
 // Its threads are detached and use the supervisor until the process ends:
 // it must never be destroyed while the process lives on.
-// answerUnwrapped answers one shim request (policy/wire.h, the message
-// without its descriptors) where no filter can sit between an MCP client
-// and its server: the shim inside a VM guest, whose descriptors cannot
-// reach this process. 'C' is answered as the supervisor does; 'E' and 'S'
-// are judged the same way, but a server is never started unfiltered:
-// approved ones are refused too (fail closed). Every refusal is an audit
-// event. Returns the reply ('C...', 'P', 'A' or 'D' + message).
-std::string answerUnwrapped(const McpContext& ctx, std::string_view request);
+// McpGuestRelays answers the preload shim inside a VM guest, whose
+// requests (policy/wire.h, the message without its descriptors) the guest's
+// init relays over the VM's control port. Each is judged as the supervisor
+// judges it. An approved server is wrapped across the VM boundary: answer()
+// returns "W" and two sockets, *CLIENT (stands for the client's stdin and
+// stdout in the guest) and *SERVER (for the server's), whose bytes the
+// caller carries to and from the guest; a thread filters between them as
+// relayStdio does for host mode. Every refusal is an audit event. The
+// destructor waits for those threads: destroy it only after every socket
+// it handed out is closed.
+class McpGuestRelays {
+ public:
+  explicit McpGuestRelays(McpContext ctx) : ctx_(std::move(ctx)) {}
+  ~McpGuestRelays();
+  McpGuestRelays(const McpGuestRelays&) = delete;
+  McpGuestRelays& operator=(const McpGuestRelays&) = delete;
+
+  // answer returns the reply ('C...', 'P', 'A', 'D' + message, or 'W' with
+  // *CLIENT and *SERVER set, which the caller then owns; -1 otherwise).
+  std::string answer(std::string_view request, int* client, int* server);
+
+ private:
+  McpContext ctx_;
+  std::vector<std::thread> relays_;
+};
 
 class McpSupervisor {
  public:

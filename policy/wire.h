@@ -59,6 +59,7 @@
 #ifndef GUARD_POLICY_WIRE_H
 #define GUARD_POLICY_WIRE_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -82,6 +83,82 @@ static inline socklen_t guard_wire_address(struct sockaddr_un* addr) {
   addr->sun_family = AF_UNIX;
   memcpy(addr->sun_path + 1, GUARD_WIRE_NAME, sizeof(GUARD_WIRE_NAME) - 1);
   return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + sizeof(GUARD_WIRE_NAME));
+}
+
+/* guard_wire_send sends one message of LEN bytes at MSG, with descriptor FD
+   (SCM_RIGHTS) unless it is -1. Returns what sendmsg returns. */
+static inline ssize_t guard_wire_send(int conn, const void* msg, size_t len, int fd) {
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } cbuf;
+  struct iovec iov;
+  struct msghdr mh;
+  ssize_t n;
+  memset(&mh, 0, sizeof(mh));
+  iov.iov_base = (void*)msg; /* sendmsg only reads through it */
+  iov.iov_len = len;
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  if (fd >= 0) {
+    struct cmsghdr* c;
+    memset(&cbuf, 0, sizeof(cbuf));
+    mh.msg_control = cbuf.buf;
+    mh.msg_controllen = sizeof(cbuf.buf);
+    c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  }
+  do {
+    n = sendmsg(conn, &mh, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  return n;
+}
+
+/* guard_wire_recv receives one message into BUF (CAP bytes) and up to 4
+   descriptors into FDS (*NFDS of them, close-on-exec). Returns its length,
+   or -1 on an error or a truncated message or control data; the
+   descriptors that did arrive are in FDS either way, for the caller to
+   close. */
+static inline ssize_t guard_wire_recv(int conn, void* buf, size_t cap, int fds[4], int* nfds) {
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int) * 4)];
+  } cbuf;
+  struct iovec iov;
+  struct msghdr mh;
+  struct cmsghdr* c;
+  ssize_t n;
+  memset(&mh, 0, sizeof(mh));
+  iov.iov_base = buf;
+  iov.iov_len = cap;
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = cbuf.buf;
+  mh.msg_controllen = sizeof(cbuf.buf);
+  *nfds = 0;
+  do {
+    n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    return -1;
+  }
+  for (c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      size_t i;
+      for (i = 0; i < count && *nfds < 4; ++i) {
+        memcpy(&fds[*nfds], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        ++*nfds;
+      }
+    }
+  }
+  if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
+    return -1;
+  }
+  return n;
 }
 
 #endif /* GUARD_POLICY_WIRE_H */

@@ -600,10 +600,59 @@ class Relay {
   bool child_done_ = false;
   int status_ = 0;
   // The preload shim's requests, relayed to the host (mcpListener).
+  struct ShimAsk {
+    uint32_t id;
+    int conn;
+    int fds[4];  // the caller's stdin and stdout (what an 'E' or 'S' carries)
+    int nfds;
+  };
   void acceptShim();
-  std::vector<std::pair<uint32_t, int>> shim_waiting_;  // id, connection
+  void answerShim(ShimAsk* ask, std::string_view reply);
+  std::vector<ShimAsk> shim_waiting_;
   uint32_t shim_next_ = 1;
+  // Approved servers wrapped by the host's filter, with the inode of the
+  // socket that is each server's stdin (so its own sniffed reads are
+  // answered here: it is wrapped already).
+  std::vector<std::pair<wire::McpChannel, ino_t>> mcp_;
 };
+
+void closeFds(const int* fds, int n) {
+  for (int i = 0; i < n; ++i) {
+    close(fds[i]);
+  }
+}
+
+// answerShim gives the shim the host's REPLY. For "W" the server's stdio
+// becomes one end of a new socket pair; the other end and the caller's
+// descriptors are joined to the host's filter over the control port.
+void Relay::answerShim(ShimAsk* ask, std::string_view reply) {
+  int sv[2];
+  struct stat st {};
+  if (reply == "W" && ask->nfds == 2 &&
+      socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0) {
+    fstat(sv[1], &st);
+    guard_wire_send(ask->conn, "W", 1, sv[1]);
+    close(sv[1]);
+    close(ask->conn);
+    wire::McpChannel ch;
+    ch.id = ask->id;
+    ch.ends[0].rd = ask->fds[0];  // what the client writes
+    ch.ends[0].wr = ask->fds[1];  // what the client reads
+    ch.ends[1].rd = ch.ends[1].wr = ch.ends[1].sock = sv[0];
+    for (int fd : {ask->fds[0], ask->fds[1], sv[0]}) {
+      fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    }
+    mcp_.emplace_back(std::move(ch), st.st_ino);
+    return;
+  }
+  // Closing right after the reply ends a refused program at once (its
+  // stand-in waits for this connection to close). A "W" that cannot be
+  // set up here is refused: no server runs unfiltered.
+  std::string_view r = reply == "W" ? "Dthe guest could not wrap the MCP server" : reply;
+  guard_wire_send(ask->conn, r.data(), r.size(), -1);
+  close(ask->conn);
+  closeFds(ask->fds, ask->nfds);
+}
 
 void Relay::closeStdin() {
   if (io_.stdin_fd >= 0 && !io_.stdin_is_pty) {
@@ -663,12 +712,21 @@ void Relay::handleFrames() {
         if (payload.size() >= 4) {
           uint32_t id = wire::getLe32(payload.data());
           for (auto it = shim_waiting_.begin(); it != shim_waiting_.end(); ++it) {
-            if (it->first == id) {
-              // Closing right after the reply ends a refused program at
-              // once (its stand-in waits for this connection to close).
-              send(it->second, payload.data() + 4, payload.size() - 4, MSG_NOSIGNAL);
-              close(it->second);
+            if (it->id == id) {
+              answerShim(&*it, std::string_view(payload).substr(4));
               shim_waiting_.erase(it);
+              break;
+            }
+          }
+        }
+        break;
+      case Frame::kMcpData:
+        if (payload.size() >= 4) {
+          uint32_t id = wire::getLe32(payload.data());
+          for (auto it = mcp_.begin(); it != mcp_.end(); ++it) {
+            if (it->first.id == id && !it->first.deliver(std::string_view(payload).substr(4))) {
+              it->first.release();
+              mcp_.erase(it);
               break;
             }
           }
@@ -703,7 +761,7 @@ void mcpListen() {
 }
 
 // acceptShim takes the shim's pending connections and relays each request
-// to the host, which decides by the policy (proxy::answerUnwrapped): no
+// to the host, which decides by the policy (proxy::McpGuestRelays): no
 // MCP server inside the guest runs unfiltered.
 void Relay::acceptShim() {
   for (;;) {
@@ -713,25 +771,34 @@ void Relay::acceptShim() {
     }
     timeval tv{1, 0};  // a shim sends its request right after connecting
     setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    // No room for the descriptors a request carries: the kernel closes
-    // them (they are the caller's stdio, of no use here).
-    std::string msg(GUARD_WIRE_MAX_MSG, '\0');
-    iovec iov{msg.data(), msg.size()};
-    msghdr mh = {};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    ssize_t n = recvmsg(conn, &mh, 0);
-    if (n <= 0 || (mh.msg_flags & MSG_TRUNC) != 0) {
+    ShimAsk ask{shim_next_++, conn, {-1, -1, -1, -1}, 0};
+    std::string msg(GUARD_WIRE_MAX_MSG + 1, '\0');
+    ssize_t n = guard_wire_recv(conn, msg.data(), msg.size(), ask.fds, &ask.nfds);
+    if (n <= 0) {
       close(conn);  // the shim treats a missing reply as a refusal
+      closeFds(ask.fds, ask.nfds);
       continue;
     }
     msg.resize(static_cast<size_t>(n));
-    uint32_t id = shim_next_++;
+    // A wrapped server reading its first messages: its stdin is the socket
+    // this init gave it, so it is filtered already.
+    struct stat st {};
+    if (msg[0] == 'S' && ask.nfds >= 1 && fstat(ask.fds[0], &st) == 0 && S_ISSOCK(st.st_mode)) {
+      bool wrapped = false;
+      for (const auto& [ch, ino] : mcp_) {
+        wrapped = wrapped || ino == st.st_ino;
+      }
+      if (wrapped) {
+        answerShim(&ask, "P");
+        continue;
+      }
+    }
+    uint32_t id = ask.id;
     std::string payload;
     wire::putLe32(&payload, id);
     payload += msg;
     wire::appendFrame(&out_, Frame::kMcpAsk, payload);
-    shim_waiting_.emplace_back(id, conn);
+    shim_waiting_.push_back(ask);
   }
 }
 
@@ -815,12 +882,37 @@ int Relay::run() {
     pfds.push_back({io_.stdin_fd, static_cast<short>(stdin_buf_.empty() ? 0 : POLLOUT), 0});
     size_t shim_at = pfds.size();
     pfds.push_back({g_mcp, POLLIN, 0});
+    size_t mcp_at = pfds.size();
+    for (const auto& [ch, ino] : mcp_) {
+      for (const wire::McpChannel::End& e : ch.ends) {
+        bool rd = e.rd >= 0 && out_.size() < kOutHighWater;
+        pfds.push_back({rd ? e.rd : -1, POLLIN, 0});
+        pfds.push_back({e.wr >= 0 && !e.pending.empty() ? e.wr : -1, POLLOUT, 0});
+      }
+    }
     if (poll(pfds.data(), pfds.size(), -1) < 0) {
       if (errno == EINTR) {
         continue;
       }
       fatal("poll", errno);
     }
+    // The wrapped servers first: frames below may add or drop channels.
+    for (size_t k = 0; k < mcp_.size(); ++k) {
+      wire::McpChannel& ch = mcp_[k].first;
+      for (int e = 0; e < 2; ++e) {
+        if (pfds[mcp_at + 4 * k + 2 * static_cast<size_t>(e)].revents != 0 && ch.ends[e].rd >= 0) {
+          ch.readEnd(e, &out_);
+        }
+      }
+      ch.flush();
+    }
+    std::erase_if(mcp_, [](auto& entry) {
+      if (!entry.first.done()) {
+        return false;
+      }
+      entry.first.release();
+      return true;
+    });
     if (pfds[0].revents != 0) {
       reapChildren();
     }

@@ -7,7 +7,7 @@ VM_INIT := $(BUILD)/guard-vm-init
 all: $(VM_INIT)
 
 # No sanitizers and no third-party libraries: it runs alone in the guest.
-$(VM_INIT): vmhost/guest_init.cc vmhost/vm_wire.h
+$(VM_INIT): vmhost/guest_init.cc vmhost/vm_wire.h policy/wire.h
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXSTD) $(WARN) -Os -static -s -I. $< -o $@
 

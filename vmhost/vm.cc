@@ -562,7 +562,12 @@ class Session {
   Session(const VmSpec& spec, const std::function<void()>& on_started,
           const std::vector<pid_t>& watch, pid_t* died)
       : spec_(spec), on_started_(on_started), watch_(watch), died_(died) {}
-  ~Session() { stop(); }
+  ~Session() {
+    stop();
+    for (wire::McpChannel& ch : mcp_) {
+      ch.release();
+    }
+  }
 
   Result<int> run();
 
@@ -592,6 +597,7 @@ class Session {
   Tail diag_tail_;
   std::string in_;   // from the control port, not yet parsed
   std::string out_;  // frames for the control port
+  std::vector<wire::McpChannel> mcp_;  // approved MCP servers of the guest, wrapped here
   bool stdin_open_ = true;
   bool output_open_[3] = {false, true, true};
   bool hello_ = false;
@@ -911,10 +917,37 @@ Error Session::handleFrames() {
         break;
       case Frame::kMcpAsk:
         if (payload.size() >= 4) {
-          std::string reply = payload.substr(0, 4);
-          reply += spec_.mcp_answer ? spec_.mcp_answer(std::string_view(payload).substr(4))
-                                    : "Dthis session has no MCP supervisor";
-          wire::appendFrame(&out_, Frame::kMcpAnswer, reply);
+          int client = -1;
+          int server = -1;
+          std::string answer =
+              spec_.mcp_answer
+                  ? spec_.mcp_answer(std::string_view(payload).substr(4), &client, &server)
+                  : "Dthis session has no MCP supervisor";
+          if (answer == "W" && client >= 0 && server >= 0) {
+            wire::McpChannel ch;
+            ch.id = wire::getLe32(payload.data());
+            for (auto [end, fd] : {std::pair{&ch.ends[0], client}, std::pair{&ch.ends[1], server}}) {
+              fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+              end->rd = end->wr = end->sock = fd;
+            }
+            mcp_.push_back(std::move(ch));
+          }
+          wire::appendFrame(&out_, Frame::kMcpAnswer, payload.substr(0, 4) + answer);
+        }
+        break;
+      case Frame::kMcpData:
+        if (payload.size() >= 4) {
+          uint32_t id = wire::getLe32(payload.data());
+          for (auto it = mcp_.begin(); it != mcp_.end(); ++it) {
+            if (it->id == id && !it->deliver(std::string_view(payload).substr(4))) {
+              // The guest broke the protocol or flooded the filter: this
+              // server's conversation ends (the filter sees EOF).
+              spdlog::warn("vm: the guest's MCP server {} sent too much unread data; closed", id);
+              it->release();
+              mcp_.erase(it);
+              break;
+            }
+          }
         }
         break;
       case Frame::kSpec:
@@ -1034,6 +1067,15 @@ Error Session::loop() {
     for (const Process& w : watched_) {
       add(w.pidfd.get(), POLLIN);
     }
+    size_t i_mcp = pfds.size();
+    for (const wire::McpChannel& ch : mcp_) {
+      for (const wire::McpChannel::End& e : ch.ends) {
+        bool read = e.rd >= 0 && out_.size() < kStdinHighWater;
+        bool write = e.wr >= 0 && !e.pending.empty();
+        add(read || write ? e.sock : -1,
+            static_cast<short>((read ? POLLIN : 0) | (write ? POLLOUT : 0)));
+      }
+    }
     int timeout = -1;
     if (!started_) {  // booting, mounting the view, starting the command
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -1063,6 +1105,25 @@ Error Session::loop() {
     if (pfds[i_diag].revents != 0) {
       readDiagnostics(diag_.get(), &diag_tail_, "vm: ");
     }
+    // The wrapped MCP servers' sockets, before any frame below can add or
+    // drop a channel (and shift the indices).
+    for (size_t k = 0; k < mcp_.size(); ++k) {
+      wire::McpChannel& ch = mcp_[k];
+      for (int e = 0; e < 2; ++e) {
+        short rev = pfds[i_mcp + 2 * k + static_cast<size_t>(e)].revents;
+        if ((rev & (POLLIN | POLLHUP | POLLERR)) != 0 && ch.ends[e].rd >= 0) {
+          ch.readEnd(e, &out_);
+        }
+      }
+      ch.flush();
+    }
+    std::erase_if(mcp_, [](wire::McpChannel& ch) {
+      if (!ch.done()) {
+        return false;
+      }
+      ch.release();
+      return true;
+    });
     if (pfds[i_ctl].revents & (POLLIN | POLLHUP | POLLERR)) {
       ssize_t n = read(ctl_.get(), buf, sizeof(buf));
       if (n > 0) {

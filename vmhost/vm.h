@@ -29,9 +29,11 @@ struct VmSpec {
   uint16_t proxy_port = 15001;
   // mcp_answer answers a request of the preload shim inside the guest
   // (policy/wire.h, without descriptors), which the guest's init relays
-  // over the control port; see proxy::answerUnwrapped. Unset: every
+  // over the control port; see proxy::McpGuestRelays. On "W" it sets
+  // *CLIENT and *SERVER, the filter's sockets, which the session then owns
+  // and joins to the wrapped server's stdio in the guest. Unset: every
   // request is refused.
-  std::function<std::string(std::string_view)> mcp_answer;
+  std::function<std::string(std::string_view request, int* client, int* server)> mcp_answer;
   unsigned memory_mib = 1024;
   unsigned cpus = 1;
   // image_dir holds vmlinux and initramfs.cpio (scripts/vm-prepare.sh);

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -22,6 +23,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace guard::vmhost::wire {
 
@@ -57,6 +59,9 @@ enum class Frame : uint8_t {
   kError = 21,    // a setup error, one line of text; the guest powers off after it
   kMcpAsk = 22,   // 4 bytes: an id, then one request of the guest's preload shim
                   // (policy/wire.h, without its descriptors), for the host to answer
+  // both ways
+  kMcpData = 30,  // 4 bytes: the id of a kMcpAsk answered "W", 1 byte: the end ('c' the
+                  // client's stdio, 's' the server's), then bytes for that end; empty: EOF
 };
 
 // writeAll writes N bytes of P to FD, waiting while a non-blocking FD is
@@ -124,6 +129,129 @@ inline ParseResult takeFrame(std::string* in, Frame* type, std::string* payload)
   in->erase(0, kHeaderLen + len);
   return ParseResult::kFrame;
 }
+
+// McpChannel is an approved MCP server of the guest wrapped across the VM
+// boundary, as each side of the control port holds it. In the guest its
+// ends are the client's stdio (read the client's stdin pipe, write its
+// stdout pipe) and the server's socket; on the host they are the two
+// sockets of guard's filter (proxy::McpGuestRelays). What one side reads
+// from an end goes as kMcpData to the same end on the other side, which
+// writes it there; an empty payload is EOF, after which the other side
+// shuts that end for writing once its queue is flushed.
+struct McpChannel {
+  struct End {
+    int rd = -1;            // -1 once it reached EOF
+    int wr = -1;            // -1 once shut
+    int sock = -1;          // when rd and wr are one socket: it, closed by release()
+    std::string pending;    // bytes for wr
+    bool eof_seen = false;  // the other side's reader ended: shut wr when pending is out
+  };
+  uint32_t id = 0;
+  End ends[2];  // [0] 'c', [1] 's'
+
+  static constexpr size_t kMaxPending = 8u << 20;  // a peer flooding an end ends the channel
+  static constexpr char kEnds[2] = {'c', 's'};
+
+  // done: both readers ended and both writers shut.
+  bool done() const {
+    return ends[0].rd < 0 && ends[1].rd < 0 && ends[0].wr < 0 && ends[1].wr < 0;
+  }
+
+  // readEnd reads what end I has and appends it to *OUT as one frame (an
+  // empty one at EOF or error).
+  void readEnd(int i, std::string* out) {
+    char buf[65536];
+    ssize_t n = read(ends[i].rd, buf, sizeof(buf));
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      return;
+    }
+    std::string payload;
+    putLe32(&payload, id);
+    payload.push_back(kEnds[i]);
+    if (n > 0) {
+      payload.append(buf, static_cast<size_t>(n));
+    } else {
+      closeRead(i);
+    }
+    appendFrame(out, Frame::kMcpData, payload);
+  }
+
+  // deliver takes one kMcpData payload's end and bytes (after the id);
+  // false when the peer broke the protocol or flooded the end.
+  bool deliver(std::string_view data) {
+    if (data.empty() || (data[0] != 'c' && data[0] != 's')) {
+      return false;
+    }
+    End& e = ends[data[0] == 'c' ? 0 : 1];
+    data.remove_prefix(1);
+    if (data.empty()) {
+      e.eof_seen = true;
+    } else if (e.wr >= 0 && !e.eof_seen) {
+      e.pending.append(data.data(), data.size());
+      if (e.pending.size() > kMaxPending) {
+        return false;
+      }
+    }
+    flush();
+    return true;
+  }
+
+  // flush writes what it can of each end's queue (the ends are
+  // non-blocking) and shuts an end whose peer's reader ended.
+  void flush() {
+    for (End& e : ends) {
+      while (e.wr >= 0 && !e.pending.empty()) {
+        ssize_t n = write(e.wr, e.pending.data(), e.pending.size());
+        if (n < 0 && errno == EINTR) {
+          continue;
+        }
+        if (n < 0 && errno == EAGAIN) {
+          break;
+        }
+        if (n <= 0) {
+          e.pending.clear();  // the reader is gone
+          shutWrite(&e);
+          break;
+        }
+        e.pending.erase(0, static_cast<size_t>(n));
+      }
+      if (e.wr >= 0 && e.eof_seen && e.pending.empty()) {
+        shutWrite(&e);
+      }
+    }
+  }
+
+  // release closes every descriptor the channel holds.
+  void release() {
+    for (int i = 0; i < 2; ++i) {
+      closeRead(i);
+      shutWrite(&ends[i]);
+      if (ends[i].sock >= 0) {
+        close(ends[i].sock);
+        ends[i].sock = -1;
+      }
+    }
+  }
+
+ private:
+  void closeRead(int i) {
+    End& e = ends[i];
+    if (e.rd >= 0 && e.rd == e.sock) {
+      shutdown(e.rd, SHUT_RD);  // its writing half lives on
+    } else if (e.rd >= 0) {
+      close(e.rd);
+    }
+    e.rd = -1;
+  }
+  static void shutWrite(End* e) {
+    if (e->wr >= 0 && e->wr == e->sock) {
+      shutdown(e->wr, SHUT_WR);
+    } else if (e->wr >= 0) {
+      close(e->wr);
+    }
+    e->wr = -1;
+  }
+};
 
 // The spec is a sequence of entries, each a one-letter key, the value and a
 // NUL: 'A' one argument (in order), 'E' one NAME=VALUE, 'C' the working

@@ -1029,8 +1029,8 @@ TEST_CASE("host: a hard link the host makes during the session does not reveal a
   checkLateHardLink(w);
 }
 
-TEST_CASE("host: .. traversal does not reach a hidden file", "[integration][host]") {
-  Workspace w;
+void checkHiddenViaDotDot(As as) {
+  Workspace w(as);
   std::string rel = fs::path(w.secretKey()).lexically_relative(w.project).string();
   Run r = w.guard(
       "cat ../secret/key >> loot 2>&1\n"
@@ -1049,6 +1049,10 @@ TEST_CASE("host: .. traversal does not reach a hidden file", "[integration][host
   INFO(describe(r));
   CHECK(r.status != 0);
   checkNoSecret(w, r);
+}
+
+TEST_CASE("host: .. traversal does not reach a hidden file", "[integration][host]") {
+  checkHiddenViaDotDot(As::kCaller);
 }
 
 void checkHiddenViaProcRoot(As as, const UnprivUser& u = {}) {
@@ -1080,8 +1084,13 @@ TEST_CASE("host: /proc/self/root and /proc/1/root do not reach a hidden file",
   checkHiddenViaProcRoot(As::kCaller);
 }
 
-TEST_CASE("host: file handles cannot open a hidden file", "[integration][host]") {
-  Workspace w;
+// The helpers below report on their own attempts through their exit status;
+// that report is a verdict in host mode, where seccomp refuses the calls. In
+// VM mode the guest kernel is the agent's own and allows them: the verdict
+// there is the evidence from outside alone (no secret in the output or the
+// project), which holds in both modes.
+void checkFileHandles(As as) {
+  Workspace w(as);
   std::string h = w.helper("fhandle");
   if (h.empty()) {
     GUARD_SKIP("the fhandle helper is neither built nor compilable");
@@ -1093,37 +1102,54 @@ TEST_CASE("host: file handles cannot open a hidden file", "[integration][host]")
   }
   Run r = w.guardArgv(cmd);
   INFO(describe(r));
-  CHECK(r.status == 0);  // every attempt refused (the helper's own report)
+  if (as != As::kVm) {
+    CHECK(r.status == 0);  // every attempt refused (the helper's own report)
+  }
   checkNoSecret(w, r);
 }
 
-TEST_CASE("host: openat2 with any RESOLVE flag cannot open a hidden file", "[integration][host]") {
-  Workspace w;
+TEST_CASE("host: file handles cannot open a hidden file", "[integration][host]") {
+  checkFileHandles(As::kCaller);
+}
+
+void checkOpenat2(As as) {
+  Workspace w(as);
   std::string h = w.helper("openat2");
   if (h.empty()) {
     GUARD_SKIP("the openat2 helper is neither built nor compilable");
   }
   Run r = w.guardArgv({h, w.secretKey(), w.base, "secret/key"});
   INFO(describe(r));
-  CHECK(r.status == 0);
+  if (as != As::kVm) {
+    CHECK(r.status == 0);
+  }
   checkNoSecret(w, r);
 }
 
-TEST_CASE("host: io_uring is refused inside the session", "[integration][host]") {
-  Workspace w;
+TEST_CASE("host: openat2 with any RESOLVE flag cannot open a hidden file", "[integration][host]") {
+  checkOpenat2(As::kCaller);
+}
+
+void checkIoUring(As as) {
+  Workspace w(as);
   std::string h = w.helper("iouring");
   if (h.empty()) {
     GUARD_SKIP("the iouring helper is neither built nor compilable");
   }
   Run r = w.guardArgv({h, w.secretKey()});
   INFO(describe(r));
-  CHECK(r.status == 0);  // io_uring_setup failed
+  if (as != As::kVm) {
+    CHECK(r.status == 0);  // io_uring_setup failed
+  }
   checkNoSecret(w, r);
 }
 
-TEST_CASE("host: a static binary's raw open, openat and getdents64 do not see a hidden directory",
-          "[integration][host]") {
-  Workspace w;
+TEST_CASE("host: io_uring is refused inside the session", "[integration][host]") {
+  checkIoUring(As::kCaller);
+}
+
+void checkRawSyscalls(As as) {
+  Workspace w(as);
   std::string h = w.helper("rawsys");
   if (h.empty()) {
     GUARD_SKIP("the static rawsys helper is neither built nor compilable (libc.a?)");
@@ -1139,9 +1165,13 @@ TEST_CASE("host: a static binary's raw open, openat and getdents64 do not see a 
   checkNoSecret(w, r);
 }
 
-TEST_CASE("host: .env and *.pem files the host creates during the session stay hidden",
+TEST_CASE("host: a static binary's raw open, openat and getdents64 do not see a hidden directory",
           "[integration][host]") {
-  Workspace w;
+  checkRawSyscalls(As::kCaller);
+}
+
+void checkLateGlobMatches(As as) {
+  Workspace w(as);
   fs::create_directories(w.at("sub"));
   Child c;
   w.start(&c,
@@ -1169,9 +1199,13 @@ TEST_CASE("host: .env and *.pem files the host creates during the session stay h
   CHECK(readFile(w.at(".env")) == std::string(kSecret) + "\n");
 }
 
-TEST_CASE("host: the command cannot create or rename anything to a .env or *.pem name",
+TEST_CASE("host: .env and *.pem files the host creates during the session stay hidden",
           "[integration][host]") {
-  Workspace w;
+  checkLateGlobMatches(As::kCaller);
+}
+
+void checkNoHiddenNames(As as) {
+  Workspace w(as);
   Run r = w.guard(
       "mkdir -p d\n"
       "echo agent > .env\n"
@@ -1192,6 +1226,11 @@ TEST_CASE("host: the command cannot create or rename anything to a .env or *.pem
     CHECK_FALSE(exists(w.at(f)));
   }
   CHECK(w.read("plain.txt") == "plain\n");
+}
+
+TEST_CASE("host: the command cannot create or rename anything to a .env or *.pem name",
+          "[integration][host]") {
+  checkNoHiddenNames(As::kCaller);
 }
 
 // ===========================================================================
@@ -1289,9 +1328,8 @@ TEST_CASE("host: read-only files and directories refuse every change", "[integra
   checkReadOnly(As::kCaller, {}, {});
 }
 
-TEST_CASE("host: renaming a directory above a read-only path does not make it writable",
-          "[integration][host]") {
-  Workspace w;
+void checkRenameAboveReadOnly(As as) {
+  Workspace w(as);
   // The shape of the default policy's "{project}/.git/hooks".
   w.writePolicy(
       "    - id: host-test.project-readonly\n"
@@ -1314,9 +1352,13 @@ TEST_CASE("host: renaming a directory above a read-only path does not make it wr
   CHECK_FALSE(exists(w.at(where + "/inner/planted")));
 }
 
-TEST_CASE("host: renaming a directory above a hidden path does not reveal it",
+TEST_CASE("host: renaming a directory above a read-only path does not make it writable",
           "[integration][host]") {
-  Workspace w;
+  checkRenameAboveReadOnly(As::kCaller);
+}
+
+void checkRenameAboveHidden(As as) {
+  Workspace w(as);
   w.writePolicy(
       "    - id: host-test.project-hidden\n"
       "      hidden: [\"{project}/conf/secret.txt\"]\n");
@@ -1331,6 +1373,11 @@ TEST_CASE("host: renaming a directory above a hidden path does not reveal it",
       "mv conf2 conf\n"
       "cat conf/public.txt");
   checkNoSecret(w, r);
+}
+
+TEST_CASE("host: renaming a directory above a hidden path does not reveal it",
+          "[integration][host]") {
+  checkRenameAboveHidden(As::kCaller);
 }
 
 TEST_CASE("host: a hard link made before the session to a **/.env file does not reveal it",
@@ -1878,6 +1925,60 @@ TEST_CASE("host (vm): read-only files and directories refuse every change",
           "[integration][host][vm]") {
   GUARD_VM_REQUIRE();
   checkReadOnly(As::kVm, {}, {});
+}
+
+TEST_CASE("host (vm): hidden files stay hidden via .., file handles, openat2, io_uring and raw "
+          "system calls",
+          "[integration][host][vm]") {
+  GUARD_VM_REQUIRE();
+  SECTION("..") { checkHiddenViaDotDot(As::kVm); }
+  SECTION("file handles") { checkFileHandles(As::kVm); }
+  SECTION("openat2") { checkOpenat2(As::kVm); }
+  SECTION("io_uring") { checkIoUring(As::kVm); }
+  SECTION("a static binary's raw system calls") { checkRawSyscalls(As::kVm); }
+}
+
+TEST_CASE("host (vm): hiding globs hold for late files and new names; renames above a rule do "
+          "not escape it",
+          "[integration][host][vm]") {
+  GUARD_VM_REQUIRE();
+  SECTION("files the host creates during the session") { checkLateGlobMatches(As::kVm); }
+  SECTION("names the command creates") { checkNoHiddenNames(As::kVm); }
+  SECTION("rename above a read-only path") { checkRenameAboveReadOnly(As::kVm); }
+  SECTION("rename above a hidden path") { checkRenameAboveHidden(As::kVm); }
+}
+
+// The agent is root of its guest and may mount what it likes there: a second
+// mount of the view (the only filesystem device the guest has) is the same
+// view, and a tmpfs over a read-only directory changes the guest alone.
+TEST_CASE("host (vm): root of the guest mounting the view again reaches nothing more",
+          "[integration][host][vm]") {
+  GUARD_VM_REQUIRE();
+  Workspace w(As::kVm);
+  Snapshot before = snapshot(w.roFile());
+  Run r = w.guard(
+      "mkdir -p /tmp/again && mount -t virtiofs guardroot /tmp/again && echo mounted > mounted\n"
+      "cat /tmp/again" +
+      w.secretKey() +
+      " >> loot 2>&1\n"
+      "ls -a /tmp/again" +
+      w.secret +
+      " >> loot 2>&1\n"
+      "echo evil >> /tmp/again" +
+      w.roFile() +
+      "\n"
+      "mount -t tmpfs none " +
+      w.ro +
+      " && echo evil > " + w.roFile() +
+      "\n"
+      "mount -o remount,rw /tmp/again\n"
+      "echo evil >> /tmp/again" +
+      w.roFile() + "\ntrue");
+  INFO(describe(r));
+  CHECK(w.read("mounted") == "mounted\n");  // the remount itself worked: the test tried
+  checkNoSecret(w, r);
+  CHECK(readFile(w.roFile()) == kRoCanary);
+  CHECK(snapshot(w.roFile()) == before);
 }
 
 }  // namespace
