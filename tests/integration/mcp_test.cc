@@ -503,14 +503,16 @@ TEST_CASE("mcp: a denied server entry never starts and the client is told on ini
   CHECK(audited);
 }
 
-TEST_CASE("mcp: a wrapped server that dies ends its conversation, and the next one works",
-          "[integration][mcp]") {
-  World w;
+// checkDyingServer: a wrapped server that exits mid-conversation ends it
+// (the client sees its exit, nothing hangs), and a second server in the
+// same session is wrapped and filtered as the first was.
+void checkDyingServer(const World& w) {
   writeText(w.project + "/dying-mcp", "#!/bin/sh\nread line\nexit 3\n", 0755);
   // Both in one session: the supervisor outlives the first server.
   std::string raw = "node " + fixtures() + "/raw.mjs --wait 1000 --line '" + kInit + "' -- " +
                     w.project + "/dying-mcp";
-  std::string client = "node " + fixtures() + "/client.mjs --ops '[{\"op\":\"list\"}]' -- node " +
+  std::string client = "node " + fixtures() + "/client.mjs --ops '[{\"op\":\"list\"}]'" +
+                       (w.flags.empty() ? "" : " --timeout 90000") + " -- node " +
                        serverJs("server-everything") + " stdio";
   Run r = w.guard({"sh", "-c", raw + " && echo ---- && " + client});
   INFO(describe(r));
@@ -524,6 +526,21 @@ TEST_CASE("mcp: a wrapped server that dies ends its conversation, and the next o
   REQUIRE(second.is_object());
   CHECK(second["connect"]["ok"] == true);
   CHECK(second["results"][0]["tools"].size() == 2);
+}
+
+TEST_CASE("mcp: a wrapped server that dies ends its conversation, and the next one works",
+          "[integration][mcp]") {
+  World w;
+  checkDyingServer(w);
+}
+
+TEST_CASE("mcp: inside a VM a wrapped server that dies ends its conversation, and the next one "
+          "works",
+          "[integration][mcp][vm]") {
+  GUARD_VM_REQUIRE();
+  World w;
+  w.flags = {"--vm", "--vm-memory", "512"};
+  checkDyingServer(w);
 }
 
 TEST_CASE("mcp: guard mcp-wrap filters a server outside a session", "[integration][mcp]") {
