@@ -315,20 +315,27 @@ class Parser {
     return true;
   }
 
-  bool boolean(const YAML::Node& n, const std::string& what, bool* out) {
+  // twoWay reads a scalar that must be YES (true) or NO (false); QUOTE
+  // quotes them in the error, where they are words rather than booleans.
+  bool twoWay(const YAML::Node& n, const std::string& what, const std::string& yes,
+              const std::string& no, bool quote, bool* out) {
     std::string s;
     if (!scalar(n, what, &s)) {
       return false;
     }
-    if (s == "true") {
-      *out = true;
-    } else if (s == "false") {
-      *out = false;
-    } else {
-      fail(n, what + " must be true or false, found '" + s + "'");
+    if (s != yes && s != no) {
+      std::string q = quote ? "'" : "";
+      fail(n, what + " must be " + q + yes + q + " or " + q + no + q + ", found '" + s + "'");
       return false;
     }
+    *out = s == yes;
     return true;
+  }
+  bool boolean(const YAML::Node& n, const std::string& what, bool* out) {
+    return twoWay(n, what, "true", "false", false, out);
+  }
+  bool allowDeny(const YAML::Node& n, const std::string& what, bool* out) {
+    return twoWay(n, what, "allow", "deny", true, out);
   }
 
   // strings accepts one scalar or a list of scalars.
@@ -415,22 +422,6 @@ class Parser {
              "an explicit id elsewhere repeats this rule's generated id; choose another");
       }
     }
-  }
-
-  bool allowDeny(const YAML::Node& n, const std::string& what, bool* out) {
-    std::string s;
-    if (!scalar(n, what, &s)) {
-      return false;
-    }
-    if (s == "allow") {
-      *out = true;
-    } else if (s == "deny") {
-      *out = false;
-    } else {
-      fail(n, what + " must be 'allow' or 'deny', found '" + s + "'");
-      return false;
-    }
-    return true;
   }
 
   bool access(const YAML::Node& n, const std::string& s, Access* out) {
