@@ -43,6 +43,9 @@ std::vector<NetSite> sites() {
   return s;
 }
 
+const std::vector<std::string> kVm = {"--vm", "--vm-memory", "512"};
+constexpr int kVmTimeoutMs = 180000;  // a TCG boot and a few TLS handshakes under emulation
+
 // Net is one fixture plus a project directory and the policy for it.
 struct Net {
   TestNet net{sites()};
@@ -83,6 +86,9 @@ struct Net {
   // run runs SCRIPT under guard in the project, with the test's URLs in
   // the environment: $P (HTTPS port), $H (HTTP port), $CA (test CA file).
   Run run(const std::string& script, int timeout_ms = 60000) {
+    if (!flags.empty()) {
+      timeout_ms = std::max(timeout_ms, kVmTimeoutMs);
+    }
     std::vector<std::string> env = {std::string("PATH=") + kPath, "HOME=" + net.dir(),
                                     std::string("GUARD_TEST_TOKEN=") + kToken};
     std::string prelude = "export P=" + std::to_string(net.httpsPort("allowed.test")) +
@@ -267,9 +273,7 @@ TEST_CASE("addresses instead of names, UDP, raw sockets and a static binary reac
   }));
 }
 
-TEST_CASE("domain fronting is refused both ways", "[integration][net][adversarial]") {
-  GUARD_NET_READY();
-  Net n;
+void checkFronting(Net& n) {
   Run r = n.run(
       // SNI allowed (inspect.test), Host denied.
       "curl --noproxy '*' -sS --max-time 5 https://inspect.test:$P/?via=front1 -H 'Host: forbidden.test'; "
@@ -306,10 +310,13 @@ TEST_CASE("domain fronting is refused both ways", "[integration][net][adversaria
   CHECK_FALSE(has(n.net.accessLog("forbidden.test"), "front7"));
 }
 
-TEST_CASE("credentials: the agent holds a placeholder, the destination gets the value",
-          "[integration][net][adversarial]") {
+TEST_CASE("domain fronting is refused both ways", "[integration][net][adversarial]") {
   GUARD_NET_READY();
   Net n;
+  checkFronting(n);
+}
+
+void checkCredentials(Net& n) {
   Run r = n.run(
       "echo \"seen=$TEST_TOKEN\"; "
       "curl --noproxy '*' -sS --max-time 10 https://inspect.test:$P/echo?via=inject; "
@@ -358,9 +365,14 @@ TEST_CASE("credentials: the agent holds a placeholder, the destination gets the 
   CHECK_FALSE(has(audit, seen.substr(8)));
 }
 
-TEST_CASE("an upstream with an untrusted certificate is refused", "[integration][net][adversarial]") {
+TEST_CASE("credentials: the agent holds a placeholder, the destination gets the value",
+          "[integration][net][adversarial]") {
   GUARD_NET_READY();
   Net n;
+  checkCredentials(n);
+}
+
+void checkUntrustedUpstream(Net& n) {
   Run r = n.run("curl --noproxy '*' -sS --max-time 10 https://untrusted.test:$P/?via=untrusted; echo rc=$?");
   INFO(r.out << r.err);
   CHECK_FALSE(has(r.out, "rc=0"));
@@ -370,6 +382,12 @@ TEST_CASE("an upstream with an untrusted certificate is refused", "[integration]
   CHECK(std::any_of(connects.begin(), connects.end(), [](const nlohmann::json& e) {
     return has(e.value("reason", ""), "not trusted");
   }));
+}
+
+TEST_CASE("an upstream with an untrusted certificate is refused", "[integration][net][adversarial]") {
+  GUARD_NET_READY();
+  Net n;
+  checkUntrustedUpstream(n);
 }
 
 TEST_CASE("when the proxy dies the agent reaches nothing and the session ends",
@@ -479,8 +497,6 @@ TEST_CASE("an address in the Host header is judged by the address rules",
 // origins' logs, the DNS server's log and the audit log.
 // ---------------------------------------------------------------------------
 
-const std::vector<std::string> kVm = {"--vm", "--vm-memory", "512"};
-constexpr int kVmTimeoutMs = 180000;  // a TCG boot and a few TLS handshakes under emulation
 
 TEST_CASE("vm: allowed names work through the proxy, transparently and explicitly",
           "[integration][net][vm]") {
@@ -531,6 +547,18 @@ TEST_CASE("vm: a denied name, a bare address, UDP and ICMP leave the guest for n
   CHECK(std::any_of(packets.begin(), packets.end(), [](const nlohmann::json& e) {
     return has(e.value("target", ""), "udp 10.0.2.2") && e.value("decision", "") == "deny";
   }));
+}
+
+TEST_CASE("vm: credentials stay placeholders in the guest; fronting and an untrusted upstream are "
+          "refused",
+          "[integration][net][vm][adversarial]") {
+  GUARD_NET_READY();
+  GUARD_VM_REQUIRE();
+  Net n;
+  n.flags = kVm;
+  SECTION("credentials") { checkCredentials(n); }
+  SECTION("domain fronting") { checkFronting(n); }
+  SECTION("an untrusted upstream") { checkUntrustedUpstream(n); }
 }
 
 }  // namespace
