@@ -44,6 +44,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -1946,6 +1947,98 @@ TEST_CASE("host (vm): hiding globs hold for late files and new names; renames ab
   SECTION("names the command creates") { checkNoHiddenNames(As::kVm); }
   SECTION("rename above a read-only path") { checkRenameAboveReadOnly(As::kVm); }
   SECTION("rename above a hidden path") { checkRenameAboveHidden(As::kVm); }
+}
+
+// descendants lists the processes below ROOT, with their command names.
+std::vector<std::pair<pid_t, std::string>> descendants(pid_t root) {
+  std::map<pid_t, std::pair<pid_t, std::string>> procs;  // pid -> (ppid, comm)
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) {
+      continue;
+    }
+    std::string stat = readFile(entry.path().string() + "/stat");
+    size_t open = stat.find('(');
+    size_t close = stat.rfind(')');
+    if (open == std::string::npos || close == std::string::npos || close + 4 > stat.size()) {
+      continue;
+    }
+    pid_t ppid = std::atoi(stat.c_str() + stat.find(' ', close + 2) + 1);
+    procs[std::stoi(name)] = {ppid, stat.substr(open + 1, close - open - 1)};
+  }
+  std::vector<std::pair<pid_t, std::string>> out;
+  for (const auto& [pid, info] : procs) {
+    for (pid_t up = info.first; up > 1; up = procs.count(up) ? procs[up].first : 0) {
+      if (up == root) {
+        out.emplace_back(pid, info.second);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+// Fail closed: whichever of guard's helpers dies while the command runs in
+// the guest, the session ends at once with guard's own status and a line
+// naming it; the command gets no further (its heartbeat file stops).
+TEST_CASE("host (vm): if QEMU, virtiofsd, the view or the proxy dies, the session ends and says so",
+          "[integration][host][vm]") {
+  GUARD_VM_REQUIRE();
+  // Which process is which: QEMU and virtiofsd by name; guard's own two
+  // are the view (it holds /dev/fuse) and the proxy.
+  auto holdsFuse = [](pid_t pid) {
+    std::error_code ec;
+    for (const auto& fd : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+      std::error_code ec2;
+      if (fs::read_symlink(fd.path(), ec2) == "/dev/fuse") {
+        return true;
+      }
+    }
+    return false;
+  };
+  struct Case {
+    const char* section;
+    const char* said;  // what guard's error line holds
+  };
+  for (const Case& k : {Case{"QEMU", "QEMU"}, Case{"virtiofsd", "virtiofsd"},
+                        Case{"the view", "view"}, Case{"the proxy", "proxy"}}) {
+    DYNAMIC_SECTION(k.section) {
+      Workspace w(As::kVm);
+      Child c;
+      RunOptions o;
+      o.timeout_ms = 180000;
+      w.start(&c,
+              "touch ready\n"
+              "while true; do date +%s%N >> heartbeat; sleep 0.2; done\n",
+              o);
+      REQUIRE(waitFor(w.at("ready"), 120000));
+      pid_t victim = -1;
+      std::string seen;
+      for (const auto& [pid, comm] : descendants(c.pid())) {
+        seen += " " + comm;
+        if ((k.said == std::string("QEMU") && comm == "qemu-system-x86") ||
+            (k.said == std::string("virtiofsd") && comm == "virtiofsd") ||
+            (k.said == std::string("view") && comm == "guard" && holdsFuse(pid)) ||
+            (k.said == std::string("proxy") && comm == "guard" && !holdsFuse(pid))) {
+          victim = pid;
+        }
+      }
+      INFO("guard's processes:" << seen);
+      REQUIRE(victim > 0);
+      REQUIRE(kill(victim, SIGKILL) == 0);
+      auto t0 = std::chrono::steady_clock::now();
+      Run r = c.finish();
+      double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      INFO(describe(r));
+      CHECK(r.status != 0);
+      CHECK(contains(r.err, k.said));
+      CHECK(secs < 30);
+      // The command stopped with the session.
+      std::string before = w.read("heartbeat");
+      sleepMs(1000);
+      CHECK(w.read("heartbeat") == before);
+    }
+  }
 }
 
 // The agent is root of its guest and may mount what it likes there: a second
