@@ -899,13 +899,20 @@ void McpSupervisor::sniffed(int conn, std::string_view payload, const std::vecto
 }
 
 McpGuestRelays::~McpGuestRelays() {
-  for (std::thread& t : relays_) {
-    t.join();
+  for (Relay& r : relays_) {
+    r.thread.join();
   }
 }
 
 std::string McpGuestRelays::answer(std::string_view request, int* client, int* server) {
   *client = *server = -1;
+  std::erase_if(relays_, [](Relay& r) {
+    if (!r.done->load()) {
+      return false;
+    }
+    r.thread.join();
+    return true;
+  });
   if (request.empty()) {
     return "Dempty request from the preload shim";
   }
@@ -963,10 +970,13 @@ std::string McpGuestRelays::answer(std::string_view request, int* client, int* s
     return "Dcannot create the socket that wraps the MCP server";
   }
   auditMcp(ctx_, "start", start.name, v, {}, std::move(details));
-  relays_.emplace_back([this, name = start.name, client_in, client_out = c[0], srv = s[0]] {
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  std::thread t([this, name = start.name, client_in, client_out = c[0], srv = s[0], done] {
     McpFilter filter(&ctx_, name, "stdio");
     relayStdio(&filter, client_in, client_out, srv);
+    done->store(true);
   });
+  relays_.push_back({std::move(t), std::move(done)});
   *client = c[1];
   *server = s[1];
   return "W";

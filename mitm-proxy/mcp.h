@@ -3,6 +3,7 @@
 // the preload shim (policy/wire.h) from outside the agent's sandbox.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -134,8 +135,12 @@ class McpGuestRelays {
   std::string answer(std::string_view request, int* client, int* server);
 
  private:
+  struct Relay {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
   McpContext ctx_;
-  std::vector<std::thread> relays_;
+  std::vector<Relay> relays_;  // finished ones are joined at the next answer
 };
 
 class McpSupervisor {

@@ -70,6 +70,7 @@ constexpr const char* kInitramfs = "initramfs.cpio";
 constexpr int kBootTimeoutMs = 120000;
 constexpr size_t kTailBytes = 8192;
 constexpr size_t kStdinHighWater = 1u << 20;  // stop reading stdin above this
+constexpr size_t kMaxMcpChannels = 64;       // wrapped MCP servers of one guest at once
 constexpr size_t kReadChunk = 64u << 10;
 constexpr int kQemuVfsFd = 3;
 constexpr int kQemuCtlFd = 4;
@@ -919,10 +920,17 @@ Error Session::handleFrames() {
         if (payload.size() >= 4) {
           int client = -1;
           int server = -1;
-          std::string answer =
-              spec_.mcp_answer
-                  ? spec_.mcp_answer(std::string_view(payload).substr(4), &client, &server)
-                  : "Dthis session has no MCP supervisor";
+          std::string answer;
+          if (!spec_.mcp_answer) {
+            answer = "Dthis session has no MCP supervisor";
+          } else if (mcp_.size() >= kMaxMcpChannels && payload.size() > 4 && payload[4] == 'E') {
+            // A guest asking for servers without end must not exhaust
+            // guard's descriptors and threads.
+            answer = "Dtoo many MCP servers at once in this VM (" +
+                     std::to_string(kMaxMcpChannels) + ")";
+          } else {
+            answer = spec_.mcp_answer(std::string_view(payload).substr(4), &client, &server);
+          }
           if (answer == "W" && client >= 0 && server >= 0) {
             wire::McpChannel ch;
             ch.id = wire::getLe32(payload.data());
