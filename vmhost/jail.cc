@@ -6,6 +6,7 @@
 //     └─ A: unshares user, mount, PID, network, IPC, UTS; maps ids; relays status
 //          └─ B: PID 1 of the new PID namespace; mounts, pivots, reaps
 //               └─ C: the agent, after Landlock, capability drop and seccomp
+//                     (the filter compiled in guard, before the fork)
 //
 // A, B and C are forked from a multi-threaded process; after fork they call
 // only what glibc keeps fork-safe (malloc included) and never log.
@@ -17,7 +18,10 @@
 #include <linux/landlock.h>
 #include <net/if.h>
 #include <sched.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <seccomp.h>
+#include <sys/mman.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -222,12 +226,15 @@ void dropCapabilities(int err_fd) {
   }
 }
 
-// applySeccomp denies, with EPERM, the system calls that could reach around
-// the view or the namespaces (docs/security.md explains each).
-void applySeccomp(int err_fd) {
+// compileSeccomp builds the filter that denies, with EPERM, the system
+// calls that could reach around the view or the namespaces
+// (docs/security.md explains each), as classic BPF. It runs in guard before
+// the jail is forked, so the agent's process only loads the program.
+// Returns the program, or an Error naming the libseccomp call that failed.
+Result<std::vector<sock_filter>> compileSeccomp() {
   scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
   if (ctx == nullptr) {
-    die(err_fd, JailStep::kSeccomp, ENOMEM, "seccomp_init");
+    return Error(ErrorCode::kInternal, "seccomp_init failed", ENOMEM);
   }
   const int eperm = SCMP_ACT_ERRNO(EPERM);
   static const char* const kDenied[] = {
@@ -276,13 +283,45 @@ void applySeccomp(int err_fd) {
   rc |= seccomp_rule_add(ctx, eperm, SCMP_SYS(ioctl), 1,
                          SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, TIOCLINUX));
   if (rc != 0) {
-    die(err_fd, JailStep::kSeccomp, -rc, "seccomp_rule_add");
+    seccomp_release(ctx);
+    return Error(ErrorCode::kInternal, "seccomp_rule_add failed", -rc);
   }
-  rc = seccomp_load(ctx);
-  if (rc != 0) {
-    die(err_fd, JailStep::kSeccomp, -rc, "seccomp_load");
-  }
+  // The program seccomp_load would install, written to a memory file.
+  int mfd = memfd_create("guard-seccomp", MFD_CLOEXEC);
+  rc = mfd < 0 ? -errno : seccomp_export_bpf(ctx, mfd);
   seccomp_release(ctx);
+  std::vector<sock_filter> prog;
+  struct stat st {};
+  if (rc == 0 && fstat(mfd, &st) == 0 && st.st_size > 0 &&
+      st.st_size % static_cast<off_t>(sizeof(sock_filter)) == 0 &&
+      st.st_size <= static_cast<off_t>(BPF_MAXINSNS * sizeof(sock_filter))) {
+    prog.resize(static_cast<size_t>(st.st_size) / sizeof(sock_filter));
+    if (pread(mfd, prog.data(), static_cast<size_t>(st.st_size), 0) != st.st_size) {
+      prog.clear();
+    }
+  }
+  int e = rc != 0 ? -rc : errno;
+  if (mfd >= 0) {
+    close(mfd);
+  }
+  if (prog.empty()) {
+    return Error(ErrorCode::kInternal, "seccomp_export_bpf failed", e != 0 ? e : EIO);
+  }
+  return prog;
+}
+
+// loadSeccomp installs PROG as seccomp_load would: no_new_privs, then the
+// filter with no flags.
+void loadSeccomp(int err_fd, const std::vector<sock_filter>& prog) {
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+    die(err_fd, JailStep::kSeccomp, errno, "no_new_privs");
+  }
+  struct sock_fprog fprog {};
+  fprog.len = static_cast<unsigned short>(prog.size());
+  fprog.filter = const_cast<sock_filter*>(prog.data());
+  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog) != 0) {
+    die(err_fd, JailStep::kSeccomp, errno, "seccomp");
+  }
 }
 
 std::string lookPath(const std::string& file, const std::vector<std::string>& env) {
@@ -351,7 +390,8 @@ void forwardTermination(pid_t child) {
   }
 }
 
-[[noreturn]] void runAgent(const JailSpec& spec, int err_fd) {
+[[noreturn]] void runAgent(const JailSpec& spec, const std::vector<sock_filter>& filter,
+                            int err_fd) {
   signal(SIGINT, SIG_DFL);
   signal(SIGQUIT, SIG_DFL);
   signal(SIGTSTP, SIG_DFL);
@@ -367,7 +407,7 @@ void forwardTermination(pid_t child) {
   }
   applyLandlock(err_fd, spec.writable);
   dropCapabilities(err_fd);
-  applySeccomp(err_fd);
+  loadSeccomp(err_fd, filter);
   std::vector<char*> argv;
   for (const std::string& a : spec.argv) {
     argv.push_back(const_cast<char*>(a.c_str()));
@@ -466,7 +506,8 @@ void bindTrees(int err_fd, const JailSpec& spec) {
 }
 
 // runInit is B: PID 1 of the new PID namespace.
-[[noreturn]] void runInit(const JailSpec& spec, int err_fd) {
+[[noreturn]] void runInit(const JailSpec& spec, const std::vector<sock_filter>& filter,
+                           int err_fd) {
   const std::string& root = spec.root;
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
     die(err_fd, JailStep::kMountPrivate, errno, "make / private");
@@ -534,7 +575,7 @@ void bindTrees(int err_fd, const JailSpec& spec) {
     die(err_fd, JailStep::kFork, errno, "agent");
   }
   if (agent == 0) {
-    runAgent(spec, err_fd);
+    runAgent(spec, filter, err_fd);
   }
   close(err_fd);
   ignoreTerminalSignals();
@@ -560,7 +601,8 @@ void bindTrees(int err_fd, const JailSpec& spec) {
 }
 
 // runOuter is A: creates the namespaces and relays B's exit status.
-[[noreturn]] void runOuter(const JailSpec& spec, int err_fd, uid_t uid, gid_t gid) {
+[[noreturn]] void runOuter(const JailSpec& spec, const std::vector<sock_filter>& filter,
+                            int err_fd, uid_t uid, gid_t gid) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC |
               CLONE_NEWUTS) != 0) {
@@ -578,7 +620,7 @@ void bindTrees(int err_fd, const JailSpec& spec) {
   }
   if (init == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    runInit(spec, err_fd);
+    runInit(spec, filter, err_fd);
   }
   close(err_fd);
   ignoreTerminalSignals();
@@ -646,6 +688,16 @@ bool userNamespacesAvailable(std::string* reason) {
 
 Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted,
                     const std::vector<pid_t>& watch, pid_t* died) {
+  // The seccomp program is compiled here, once, before the fork: the
+  // agent's process only loads it.
+  auto filter_or = compileSeccomp();
+  if (!filter_or.ok()) {
+    return Error(ErrorCode::kInternal,
+                 std::string("cannot ") + jailStepName(JailStep::kSeccomp) + " (" +
+                     filter_or.error().message() + "): " + strerror(filter_or.error().savedErrno()),
+                 filter_or.error().savedErrno());
+  }
+  const std::vector<sock_filter>& filter = filter_or.value();
   int pipefd[2];
   if (pipe2(pipefd, O_CLOEXEC) != 0) {
     int e = errno;
@@ -679,7 +731,7 @@ Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted
       _exit(125);
     }
     syscall(SYS_close_range, spec.net_fd >= 0 ? kNetFd + 1u : 4u, ~0u, 0u);
-    runOuter(spec, err_fd, uid, gid);
+    runOuter(spec, filter, err_fd, uid, gid);
   }
   close(pipefd[1]);
   // SIGTERM, SIGHUP, SIGUSR1/2 sent to guard go to the agent, which decides;
