@@ -392,6 +392,11 @@ int runSession(const SessionOptions& options) {
   auto rc = options.vm ? vmhost::runVm(vm, on_rooted, {view_pid, proxy_pid}, &died)
                        : vmhost::runJail(spec, on_rooted, {view_pid, proxy_pid}, &died);
   phase("agent exited");
+  // The view and the proxy stop together. The view process holds a copy of
+  // the proxy's control socket (it was forked after the proxy), so closing
+  // guard's copy alone would reach the proxy only once the view is gone;
+  // shutting the socket down reaches it now.
+  shutdown(proxy.control_fd, SHUT_WR);
   Error view_error = fusefs::stopView(&view);
   Error proxy_error = proxy::stopProxy(&proxy);
   rmdir(mnt.c_str());
