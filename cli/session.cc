@@ -2,6 +2,7 @@
 #include "cli/session.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -114,11 +115,35 @@ std::string shimPath() {
   return dir + "/libguard-interpose.so";
 }
 
-std::string readAll(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+// readAll returns the file at PATH followed by SUFFIX ("" if the file
+// cannot be opened). The string is allocated once, at its final size: each
+// fresh page costs a fault, dear in a virtual machine, and guard has
+// forked the proxy by now, so every copy counts at startup.
+std::string readAll(const std::string& path, const std::string& suffix = "") {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st {};
+  if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fd >= 0) {
+      close(fd);
+    }
+    return "";
+  }
+  std::string out;
+  out.reserve(static_cast<size_t>(st.st_size) + suffix.size() + 1);
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      break;
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  out.append(suffix);
+  return out;
 }
 
 // networkEnvironment sets what tools that prefer an explicit proxy or a CA
@@ -263,8 +288,8 @@ int runSession(const SessionOptions& options) {
   vopts.audit_base = base;
   vopts.audit_base.details["mode"] = options.vm ? "vm" : "host";
   if (access(kCaBundle, R_OK) == 0) {
-    vopts.overlays.emplace_back(kCaBundle, readAll(kCaBundle) + "\n# guard session CA\n" +
-                                               popts.ca->certPem());
+    vopts.overlays.emplace_back(
+        kCaBundle, readAll(kCaBundle, "\n# guard session CA\n" + popts.ca->certPem()));
   }
   // The preload shim is served by the view itself and named in
   // /etc/ld.so.preload there, so every dynamic program of the session loads
