@@ -11,6 +11,8 @@
 #                   system trees are bound, the project is served by the view;
 #                   "--audit-allowed none --bind-writable" binds the project too)
 #   --runs N        iterations of every workload but startup (default 3; smoke 1)
+#   --only-startup  only the startup workload (no inputs generated; about 30 s):
+#                   the same startup row and ratios as a full run
 #   --strict        exit 1 when a target is missed (default: only on failures)
 #   --keep          keep the work directory (printed on stderr)
 #   --nofile N      raise the open-file limit (ulimit -n) to N for every mode
@@ -42,6 +44,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$here/../.." && pwd)
 
 smoke=0
+only_startup=0
 runs=
 strict=0
 keep=0
@@ -53,6 +56,7 @@ while [ $# -gt 0 ]; do
     --smoke) smoke=1 ;;
     --full) smoke=0 ;;
     --runs) runs=$2; shift ;;
+    --only-startup) only_startup=1 ;;
     --guard) guard_src=$2; shift ;;
     --guard-flags) guard_flags=$2; shift ;;
     --strict) strict=1 ;;
@@ -150,15 +154,17 @@ modes=(native bwrap guard)
 
 t_setup=$SECONDS
 log "work directory $work ($( [ "$smoke" = 1 ] && echo smoke || echo full ) mode, $runs run(s))"
-log "generating $meta_files-file tree, $git_files-file git repository, $c_sources-file C project"
-python3 "$here/gen.py" tree "$proj/tree" "$meta_files"
-python3 "$here/gen.py" repo "$proj/repo" "$git_files"
-python3 "$here/gen.py" cproj "$proj/cproj" "$c_sources"
-mkdir -p "$proj/io"
-log "writing the ${io_mib} MiB pre-session file"
-dd if=/dev/zero of="$proj/io/pre.bin" bs=1M count="$io_mib" conv=fsync status=none
 io_bytes=$((io_mib * 1048576))
-log "inputs ready in $((SECONDS - t_setup)) s"
+if [ "$only_startup" = 0 ]; then
+  log "generating $meta_files-file tree, $git_files-file git repository, $c_sources-file C project"
+  python3 "$here/gen.py" tree "$proj/tree" "$meta_files"
+  python3 "$here/gen.py" repo "$proj/repo" "$git_files"
+  python3 "$here/gen.py" cproj "$proj/cproj" "$c_sources"
+  mkdir -p "$proj/io"
+  log "writing the ${io_mib} MiB pre-session file"
+  dd if=/dev/zero of="$proj/io/pre.bin" bs=1M count="$io_mib" conv=fsync status=none
+  log "inputs ready in $((SECONDS - t_setup)) s"
+fi
 
 # ---- sanity: the sandboxes really confine -----------------------------------------
 
@@ -271,6 +277,7 @@ fi
 for m in "${modes[@]}"; do samples["startup|$m"]=${su[$m]:-}; done
 log "startup done in $((SECONDS - t0)) s"
 
+if [ "$only_startup" = 0 ]; then
 # 2. metadata ----------------------------------------------------------------------
 t0=$SECONDS
 log "metadata: find | xargs stat over $meta_files files; git status over $git_files files"
@@ -297,6 +304,7 @@ t0=$SECONDS
 log "build: make -j2 of $c_sources C files"
 measure "make -C cproj clean" "$(step build 'make -C cproj -j2')"
 log "build done in $((SECONDS - t0)) s"
+fi
 
 # ---- report ---------------------------------------------------------------------------
 
@@ -363,6 +371,7 @@ row() {
 }
 
 row "startup: \`true\`" time startup "≤ 20 ms and ≤ 3× bwrap" startup
+[ "$only_startup" = 0 ] && {
 row "metadata: find + stat, $meta_files files" time meta "≤ 1.5× native" le:1.5
 [ "$meta_files" -gt 10000 ] &&
   row "metadata: find + stat, 10000 of them" time meta10k "≤ 1.5× native" le:1.5
@@ -371,10 +380,11 @@ row "seq write ${io_mib} MiB, dd conv=fsync" rate write "≥ 80 % of native" ge:
 row "seq read ${io_mib} MiB, right after write" rate read "≥ 80 % of native" ge:0.8
 row "seq read ${io_mib} MiB, written before session" rate readpre "≥ 80 % of native" ge:0.8
 row "build: make -j2, $c_sources C files" time build "≤ 1.2× native" le:1.2
+}
 
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 rev=$(git -C "$repo_root" describe --always --dirty 2>/dev/null || echo unknown)
-echo "## guard host mode vs native vs bubblewrap ($( [ "$smoke" = 1 ] && echo smoke || echo full ))"
+echo "## guard host mode vs native vs bubblewrap ($( [ "$smoke" = 1 ] && echo smoke || echo full )$( [ "$only_startup" = 1 ] && echo ", startup only"))"
 echo
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs ($cpu), kernel $(uname -r), guard $rev, $(bwrap --version)"
 echo "guard options: \`${guard_flags:-(none)}\`. Open-file limit (ulimit -n): $(ulimit -n)."
