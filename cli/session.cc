@@ -311,6 +311,15 @@ int runSession(const SessionOptions& options) {
   }
   fusefs::ViewProcess view = view_or.value();
   phase("view mounted");
+  // Bound trees skip the view, and with it the audit of what happens in
+  // them: read-only ones are bound only where first reads are not audited,
+  // read-write ones only when asked, with allowed writes not audited.
+  // Planned while the proxy may still be loading its trust store.
+  std::vector<fusefs::Bind> binds;
+  if (!options.serve_all && !options.vm && allowed != fusefs::AllowedAudit::kFirst) {
+    binds = fusefs::planBinds(p, vopts, options.bind_writable);
+    phase("binds planned");
+  }
   if (Error e = proxy::awaitProxy(&proxy); !e.ok()) {
     fusefs::stopView(&view);
     rmdir(mnt.c_str());
@@ -369,14 +378,8 @@ int runSession(const SessionOptions& options) {
   if (everything_writable) {
     spec.writable = {"/"};
   }
-  // Bound trees skip the view, and with it the audit of what happens in
-  // them: read-only ones are bound only where first reads are not audited,
-  // read-write ones only when asked, with allowed writes not audited.
-  if (!options.serve_all && !options.vm && allowed != fusefs::AllowedAudit::kFirst) {
-    for (fusefs::Bind& b : fusefs::planBinds(p, vopts, options.bind_writable)) {
-      spec.binds.push_back({std::move(b.path), b.writable, std::move(b.layer)});
-    }
-    phase("binds planned");
+  for (fusefs::Bind& b : binds) {
+    spec.binds.push_back({std::move(b.path), b.writable, std::move(b.layer)});
   }
 
   // The terminal's signals go to the agent (same process group); guard
