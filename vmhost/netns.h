@@ -19,12 +19,6 @@ namespace guard::vmhost {
 // Returns false with *WHAT naming the failed step and errno set.
 bool setupNetwork(int net_fd, uint16_t proxy_port, std::string* what);
 
-// installHostRules installs setupNetwork's nftables table `inet guard` in
-// the calling process's network namespace: one nf_tables batch, committed
-// whole or not at all, each message acknowledged by the kernel. Returns
-// false with *WHAT saying why and errno set if the kernel refused any of it.
-bool installHostRules(uint16_t proxy_port, std::string* what);
-
 // VM mode: the guest's network is a tap device in a network namespace of
 // QEMU's own, addressed as vm_wire.h says (wire::kHostAddr on the tap).
 inline constexpr char kTapName[] = "guard0";
