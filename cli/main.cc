@@ -312,7 +312,8 @@ int main(int argc, char** argv) {
   unsigned vm_cpus = 1;
   app.add_flag("--vm", vm,
                "run the command inside a QEMU microvm whose root is the same policy view "
-               "(needs scripts/vm-prepare.sh once; no network inside the VM yet)");
+               "(needs scripts/vm-prepare.sh once); its only network is the same proxy, and "
+               "MCP stdio servers in it are filtered on the host");
   app.add_option("--vm-memory", vm_memory, "the VM's memory in MiB (default 1024)")
       ->check(CLI::Range(64u, 1u << 20));
   app.add_option("--vm-cpus", vm_cpus, "the VM's virtual CPUs (default 1)")
