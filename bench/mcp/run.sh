@@ -71,6 +71,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$here/../.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$repo_root/bench/lib.sh"
 
 smoke=0
 reps=
@@ -166,18 +168,7 @@ chmod 0755 "$work"
 started=()  # pids of the processes this script started
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-  local p
-  for p in "${started[@]}"; do
-    kill -TERM "$p" 2>/dev/null || true
-  done
-  for p in "${started[@]}"; do
-    for _ in $(seq 50); do
-      kill -0 "$p" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
+  stop_started
   if [ "$keep" = 1 ]; then
     log "kept $work"
   else
