@@ -1373,6 +1373,12 @@ void Proxy::onConnected(Conn* c) {
 }
 
 bool Proxy::startTls(Conn* c, Side* s, SSL* ssl) {
+  if (ssl == nullptr && s == &c->up && !up_tls_->error().empty()) {
+    // Without a trust store no upstream can be verified: fail closed.
+    auditConn(c, "deny", nullptr, up_tls_->error(), {{"tls", "trust store"}});
+    refuse(c, 502, "guard: " + up_tls_->error());
+    return false;
+  }
   if (ssl == nullptr) {
     fail(c, "TLS setup failed: " + tlsErrorText());
     return false;
@@ -2678,7 +2684,8 @@ Result<ProxyProcess> spawnProxy(const policy::Policy& policy, const std::string&
       reply("E" + sink.error().message());
       _exit(1);
     }
-    // Check what can fail before the session goes on: the trust store.
+    // Check what can fail before the session goes on: the trust store can
+    // be read (it is parsed when the first upstream TLS connection needs it).
     if (auto tls = UpstreamTls::create(options.upstream_ca); !tls.ok()) {
       reply("E" + tls.error().message());
       _exit(1);

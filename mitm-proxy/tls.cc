@@ -2,6 +2,7 @@
 #include "mitm-proxy/tls.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <openssl/bytestring.h>
 #include <openssl/ec_key.h>
 #include <openssl/err.h>
@@ -12,9 +13,9 @@
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+#include <unistd.h>
 
 #include <ctime>
-
 
 namespace guard::proxy {
 namespace {
@@ -221,10 +222,13 @@ Result<std::unique_ptr<UpstreamTls>> UpstreamTls::create(const std::string& ca_f
   if (!up->ctx_ || !SSL_CTX_set_min_proto_version(up->ctx_.get(), TLS1_2_VERSION)) {
     return Error(ErrorCode::kInternal, "cannot create the upstream TLS context: " + tlsErrorText());
   }
-  if (!SSL_CTX_load_verify_locations(up->ctx_.get(), ca_file.c_str(), nullptr)) {
-    return Error(ErrorCode::kIo, "cannot load the upstream trust store " + ca_file + ": " +
-                                     tlsErrorText());
+  int fd = open(ca_file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    return Error(ErrorCode::kIo, "cannot read the upstream trust store " + ca_file, e);
   }
+  close(fd);
+  up->ca_file_ = ca_file;
   SSL_CTX_set_verify(up->ctx_.get(), SSL_VERIFY_PEER, nullptr);
   SSL_CTX_set_alpn_protos(up->ctx_.get(), kAlpnHttp11, sizeof(kAlpnHttp11));
   SSL_CTX_set_session_cache_mode(up->ctx_.get(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
@@ -247,6 +251,16 @@ int UpstreamTls::onNewSession(SSL* ssl, SSL_SESSION* session) {
 }
 
 SSL* UpstreamTls::newClient(const std::string& name) {
+  if (!loaded_) {
+    if (!error_.empty()) {
+      return nullptr;
+    }
+    if (!SSL_CTX_load_verify_locations(ctx_.get(), ca_file_.c_str(), nullptr)) {
+      error_ = "cannot load the upstream trust store " + ca_file_ + ": " + tlsErrorText();
+      return nullptr;
+    }
+    loaded_ = true;
+  }
   bssl::UniquePtr<SSL> ssl(SSL_new(ctx_.get()));
   if (!ssl) {
     return nullptr;

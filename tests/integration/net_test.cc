@@ -54,6 +54,7 @@ struct Net {
   std::string audit = net.dir() + "/audit.jsonl";
   std::string record = net.dir() + "/flows.jsonl";
   std::vector<std::string> flags;  // guard options before --policy ({"--vm", ...})
+  std::string upstream_ca = net.caFile();
 
   Net() {
     fs::create_directories(project);
@@ -99,7 +100,7 @@ struct Net {
     for (const std::string& a :
          {std::string("--policy"), policy, std::string("--audit"), audit, std::string("--record"),
           record, std::string("--dns-upstream"), net.dnsUpstream(), std::string("--upstream-ca"),
-          net.caFile(), std::string("--"), std::string("sh"), std::string("-c"),
+          upstream_ca, std::string("--"), std::string("sh"), std::string("-c"),
           prelude + script}) {
       argv.push_back(a);
     }
@@ -403,6 +404,39 @@ TEST_CASE("an upstream with an untrusted certificate is refused", "[integration]
   GUARD_NET_READY();
   Net n;
   checkUntrustedUpstream(n);
+}
+
+TEST_CASE("a trust store that does not load refuses every intercepted connection",
+          "[integration][net][adversarial]") {
+  GUARD_NET_READY();
+  Net n;
+  SECTION("a file that holds no certificate: each intercepted connection is refused") {
+    // The bundle is parsed at the first upstream TLS connection, not at start.
+    n.upstream_ca = n.net.dir() + "/garbage.pem";
+    std::ofstream(n.upstream_ca) << "not a certificate\n";
+    Run r = n.run(
+        "for i in 1 2; do curl -f --noproxy '*' -sS --max-time 10 --cacert $CA "
+        "https://inspect.test:$P/?via=badstore$i; echo rc=$?; done");
+    INFO(r.out << r.err);
+    CHECK_FALSE(has(r.out, "rc=0"));
+    usleep(300 * 1000);
+    CHECK_FALSE(has(n.net.accessLog("inspect.test"), "via=badstore"));
+    auto connects = n.events("connect");
+    CHECK(std::count_if(connects.begin(), connects.end(), [](const nlohmann::json& e) {
+            return e.value("decision", "") == "deny" &&
+                   has(e.value("reason", ""), "cannot load the upstream trust store");
+          }) == 2);
+  }
+  SECTION("a file that does not exist: the session does not start") {
+    n.upstream_ca = n.net.dir() + "/absent.pem";
+    std::string marker = n.project + "/ran";
+    Run r = n.run("echo ran > " + marker);
+    INFO(r.out << r.err);
+    CHECK(r.status != 0);
+    CHECK(has(r.err, "--upstream-ca"));
+    CHECK(has(r.err, "absent.pem"));
+    CHECK_FALSE(fs::exists(marker));
+  }
 }
 
 TEST_CASE("when the proxy dies the agent reaches nothing and the session ends",
