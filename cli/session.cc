@@ -115,37 +115,6 @@ std::string shimPath() {
   return dir + "/libguard-interpose.so";
 }
 
-// readAll returns the file at PATH followed by SUFFIX ("" if the file
-// cannot be opened). The string is allocated once, at its final size: each
-// fresh page costs a fault, dear in a virtual machine, and guard has
-// forked the proxy by now, so every copy counts at startup.
-std::string readAll(const std::string& path, const std::string& suffix = "") {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  struct stat st {};
-  if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    if (fd >= 0) {
-      close(fd);
-    }
-    return "";
-  }
-  std::string out;
-  out.reserve(static_cast<size_t>(st.st_size) + suffix.size() + 1);
-  char buf[65536];
-  for (;;) {
-    ssize_t n = read(fd, buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n <= 0) {
-      break;
-    }
-    out.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
-  out.append(suffix);
-  return out;
-}
-
 // networkEnvironment sets what tools that prefer an explicit proxy or a CA
 // file look for. Programs that ignore them are captured all the same.
 // PROXY_HOST is where the agent reaches the proxy: its own loopback on the
@@ -287,22 +256,47 @@ int runSession(const SessionOptions& options) {
   vopts.allowed_audit = allowed;
   vopts.audit_base = base;
   vopts.audit_base.details["mode"] = options.vm ? "vm" : "host";
+  // The overlays' memfds stay open until the session ends: the view and
+  // the jail (forks) copy from them.
+  struct Overlays {
+    std::vector<int> fds;
+    ~Overlays() {
+      for (int fd : fds) {
+        close(fd);
+      }
+    }
+  } overlays;
+  auto overlay = [&](const char* path, const std::string& source, const std::string& tail,
+                     mode_t mode) -> Error {
+    auto fd = fusefs::makeOverlay(source, tail, mode);
+    if (!fd.ok()) {
+      return fd.error();
+    }
+    overlays.fds.push_back(fd.value());
+    vopts.overlays.push_back({path, fd.value()});
+    return Error();
+  };
+  Error made;
   if (access(kCaBundle, R_OK) == 0) {
-    vopts.overlays.emplace_back(
-        kCaBundle, readAll(kCaBundle, "\n# guard session CA\n" + popts.ca->certPem()));
+    made = overlay(kCaBundle, kCaBundle, "\n# guard session CA\n" + popts.ca->certPem(), 0444);
   }
   // The preload shim is served by the view itself and named in
   // /etc/ld.so.preload there, so every dynamic program of the session loads
   // it whatever its environment says (docs/security.md, "MCP servers").
-  std::string shim = readAll(shimPath());
-  if (shim.empty()) {
+  if (made.ok()) {
+    if (Error e = overlay(kShimInView, shimPath(), "", 0555); !e.ok()) {
+      made = Error(e.code(), "cannot read the preload shim " + shimPath() +
+                                 " (it is built next to guard: run make): " + e.message());
+    }
+  }
+  if (made.ok()) {
+    made = overlay("/etc/ld.so.preload", "", std::string(kShimInView) + "\n", 0444);
+  }
+  if (!made.ok()) {
     proxy::stopProxy(&proxy);
     rmdir(mnt.c_str());
-    return refuse("cannot read the preload shim " + shimPath() +
-                  " (it is built next to guard: run make)");
+    return refuse(made.message());
   }
-  vopts.overlays.emplace_back(kShimInView, std::move(shim));
-  vopts.overlays.emplace_back("/etc/ld.so.preload", std::string(kShimInView) + "\n");
   auto view_or = fusefs::spawnView(p, audit_path, vopts);
   if (!view_or.ok()) {
     rmdir(mnt.c_str());
@@ -379,7 +373,11 @@ int runSession(const SessionOptions& options) {
     spec.writable = {"/"};
   }
   for (fusefs::Bind& b : binds) {
-    spec.binds.push_back({std::move(b.path), b.writable, std::move(b.layer)});
+    std::vector<std::pair<std::string, int>> layer;
+    for (fusefs::Overlay& o : b.layer) {
+      layer.emplace_back(std::move(o.path), o.fd);
+    }
+    spec.binds.push_back({std::move(b.path), b.writable, std::move(layer)});
   }
 
   // The terminal's signals go to the agent (same process group); guard

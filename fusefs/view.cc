@@ -20,8 +20,9 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
-#include <sys/resource.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -1344,10 +1345,10 @@ std::vector<Bind> planBinds(const policy::Policy& policy, const ViewOptions& opt
   };
   // layerOf: the view's overlays at or below PATH, relative to it.
   auto layerOf = [&](const std::string& path) {
-    std::vector<std::pair<std::string, std::string>> layer;
-    for (const auto& o : options.overlays) {
-      if (o.first == path || isUnder(o.first, path)) {
-        layer.emplace_back(o.first.substr(std::min(o.first.size(), path.size() + 1)), o.second);
+    std::vector<Overlay> layer;
+    for (const Overlay& o : options.overlays) {
+      if (o.path == path || isUnder(o.path, path)) {
+        layer.push_back({o.path.substr(std::min(o.path.size(), path.size() + 1)), o.fd});
       }
     }
     return layer;
@@ -1749,18 +1750,16 @@ Error View::start() {
   chmod(tmpl, 0555);
   empty_dir_fd_ = ::open(tmpl, O_PATH | O_DIRECTORY | O_CLOEXEC);
 
-  for (const auto& [path, content] : opts_.overlays) {
-    int mfd = memfd_create("guard-overlay", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    // An ELF overlay (the preload shim) is executable, as it is on the host.
-    mode_t mode = content.starts_with("\x7f" "ELF") ? 0555 : 0444;
-    if (mfd < 0 || write(mfd, content.data(), content.size()) !=
-                       static_cast<ssize_t>(content.size()) ||
-        fchmod(mfd, mode) != 0 ||
-        fcntl(mfd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
-      int e = errno;
-      return Error(ErrorCode::kIo, "cannot prepare " + path + ": " + strerror(e), e);
+  for (const Overlay& o : opts_.overlays) {
+    int mfd = fcntl(o.fd, F_DUPFD_CLOEXEC, 0);
+    if (mfd < 0 || fcntl(mfd, F_GET_SEALS) != (F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL)) {
+      int e = mfd < 0 ? errno : EINVAL;
+      if (mfd >= 0) {
+        close(mfd);
+      }
+      return Error(ErrorCode::kIo, "cannot serve " + o.path + ": not a sealed overlay", e);
     }
-    overlay_fds_.emplace_back(path, mfd);
+    overlay_fds_.emplace_back(o.path, mfd);
   }
   scanHidden();
   std::string home = policy_.context().home;
@@ -1933,6 +1932,58 @@ Result<std::unique_ptr<ViewHandle>> mountView(const policy::Policy& policy,
     return e;
   }
   return std::make_unique<ViewHandle>(std::move(view));
+}
+
+Result<int> makeOverlay(const std::string& source, std::string_view tail, mode_t mode) {
+  int mfd = memfd_create("guard-overlay", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (mfd < 0) {
+    int e = errno;
+    return Error(ErrorCode::kIo, std::string("memfd_create: ") + strerror(e), e);
+  }
+  auto fail = [&](const std::string& what, int e) -> Result<int> {
+    close(mfd);
+    return Error(ErrorCode::kIo, what + ": " + strerror(e), e);
+  };
+  if (!source.empty()) {
+    int src = ::open(source.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st {};
+    if (src < 0 || fstat(src, &st) != 0 || !S_ISREG(st.st_mode)) {
+      int e = src < 0 ? errno : EINVAL;
+      if (src >= 0) {
+        close(src);
+      }
+      return fail("cannot read " + source, e);
+    }
+    // sendfile copies in the kernel, page cache to shmem.
+    off_t off = 0;
+    while (off < st.st_size) {
+      ssize_t n = sendfile(mfd, src, &off, static_cast<size_t>(st.st_size - off));
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n <= 0) {
+        int e = n < 0 ? errno : EIO;
+        close(src);
+        return fail("cannot copy " + source, e);
+      }
+    }
+    close(src);
+  }
+  for (size_t done = 0; done < tail.size();) {
+    ssize_t n = write(mfd, tail.data() + done, tail.size() - done);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      return fail("cannot write an overlay", n < 0 ? errno : EIO);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (fchmod(mfd, mode) != 0 ||
+      fcntl(mfd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
+    return fail("cannot seal an overlay", errno);
+  }
+  return mfd;
 }
 
 Result<ViewProcess> spawnView(const policy::Policy& policy, const std::string& audit_path,

@@ -4,7 +4,10 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include <sys/types.h>
 
 #include "policy/audit.h"
 #include "policy/error.h"
@@ -20,6 +23,20 @@ enum class AllowedAudit {
   kFirst,   // plus the first access of any kind to each path
 };
 
+// Overlay is a file the view serves read-only instead of the host's, held
+// in a sealed memfd (makeOverlay). The view and the jail's layer copy from
+// the descriptor in the kernel: the content is never copied through the
+// memory of guard's forked processes, where each fresh page is a fault.
+struct Overlay {
+  std::string path;  // absolute in ViewOptions::overlays; relative in Bind::layer
+  int fd = -1;       // the maker's, open for the whole session; never the agent's (CLOEXEC)
+};
+
+// makeOverlay returns a sealed memfd (mode MODE, close-on-exec) holding the
+// host file SOURCE, when not empty, followed by TAIL. A SOURCE that cannot
+// be read, or that is not a regular file, is an error.
+Result<int> makeOverlay(const std::string& source, std::string_view tail, mode_t mode);
+
 struct ViewOptions {
   // mountpoint is an empty directory on the host that the view is mounted
   // on; the jail copies the mount into its namespace and pivots into it.
@@ -32,13 +49,13 @@ struct ViewOptions {
   // mount on: served from the host when the policy shows them, shown empty
   // (like synthetic ones) when it hides them.
   std::vector<std::string> mountpoints = {"/tmp"};
-  // overlays are files the view serves, read-only, instead of the host's:
-  // absolute path -> content. The session's CA is appended to the CA bundle
+  // overlays are files the view serves, read-only, instead of the host's,
+  // with the memfd's mode. The session's CA is appended to the CA bundle
   // this way, so the agent trusts it with no per-tool setup; the preload
   // shim and /etc/ld.so.preload are served this way too. An overlay whose
   // path does not exist on the host can be opened by name but is not listed
-  // in its directory. ELF content is mode 0555, anything else 0444.
-  std::vector<std::pair<std::string, std::string>> overlays;
+  // in its directory.
+  std::vector<Overlay> overlays;
   AllowedAudit allowed_audit = AllowedAudit::kWrites;
   // audit_base is copied into every event (session, user, groups, host).
   policy::AuditEvent audit_base;
@@ -62,10 +79,10 @@ struct ViewOptions {
 struct Bind {
   std::string path;
   bool writable = false;
-  // layer lists the view's overlays inside a read-only directory (/etc):
-  // path relative to it -> content, shown over the host's files (the jail
+  // layer lists the view's overlays inside a read-only directory (/etc),
+  // with paths relative to it, shown over the host's files (the jail
   // mounts a read-only overlayfs of this layer over the host directory).
-  std::vector<std::pair<std::string, std::string>> layer;
+  std::vector<Overlay> layer;
 };
 
 // planBinds lists the directories the jail may bind instead of serving them

@@ -26,6 +26,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/sendfile.h>
 #include <linux/securebits.h>
 #include <sys/socket.h>
 #include <linux/openat2.h>
@@ -422,24 +423,39 @@ void forwardTermination(pid_t child) {
   die(err_fd, JailStep::kExec, errno, exe.c_str());
 }
 
-// layerFiles fills a fresh tmpfs at DIR with FILES (relative path ->
-// content; ELF content mode 0555, anything else 0444) and returns an
-// O_PATH descriptor of it, or -1. The caller detaches the tmpfs from DIR
-// once the overlay holds it (overlayfs takes only layers that are mounted).
-int layerFiles(const std::string& dir,
-               const std::vector<std::pair<std::string, std::string>>& files) {
+// copyFile copies the whole of the file at SRC (from offset 0, leaving its
+// offset alone) to DST, in the kernel.
+bool copyFile(int src, int dst, off_t size) {
+  off_t off = 0;
+  while (off < size) {
+    ssize_t n = sendfile(dst, src, &off, static_cast<size_t>(size - off));
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// layerFiles fills a fresh tmpfs at DIR with FILES (relative path -> memfd
+// with the content and mode) and returns an O_PATH descriptor of it, or -1.
+// The caller detaches the tmpfs from DIR once the overlay holds it
+// (overlayfs takes only layers that are mounted).
+int layerFiles(const std::string& dir, const std::vector<std::pair<std::string, int>>& files) {
   if (mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") != 0) {
     return -1;
   }
   bool ok = true;
-  for (const auto& [rel, content] : files) {
+  for (const auto& [rel, src] : files) {
     for (size_t i = rel.find('/'); i != std::string::npos; i = rel.find('/', i + 1)) {
       mkdir((dir + "/" + rel.substr(0, i)).c_str(), 0755);
     }
-    bool elf = content.compare(0, 4, "\x7f" "ELF") == 0;
+    struct stat st {};
     int fd = open((dir + "/" + rel).c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    ok = ok && fd >= 0 && wire::writeAll(fd, content.data(), content.size()) &&
-         fchmod(fd, elf ? 0555 : 0444) == 0;
+    ok = ok && fd >= 0 && fstat(src, &st) == 0 && copyFile(src, fd, st.st_size) &&
+         fchmod(fd, st.st_mode & 0555) == 0;
     if (fd >= 0) {
       close(fd);
     }
@@ -518,6 +534,11 @@ void bindTrees(int err_fd, const JailSpec& spec) {
     die(err_fd, JailStep::kMountPrivate, errno, "bind the view");
   }
   bindTrees(err_fd, spec);
+  for (const JailSpec::Bind& b : spec.binds) {
+    for (const auto& file : b.files) {
+      close(file.second);  // the layers are mounted: their memfds are done
+    }
+  }
   if (mount("proc", (root + "/proc").c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
             nullptr) != 0) {
     die(err_fd, JailStep::kMountProc, errno, "proc");
@@ -720,7 +741,19 @@ Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted
       memset(*e, 0, strlen(*e));
     }
     close(pipefd[0]);
-    // Only stdin, stdout, stderr and the error pipe cross into the jail.
+    // Only stdin, stdout, stderr, the error pipe, the proxy's socket and the
+    // layers' sealed memfds (moved above those) cross into the jail.
+    JailSpec moved = spec;
+    std::vector<int> keep;
+    for (JailSpec::Bind& b : moved.binds) {
+      for (auto& file : b.files) {
+        file.second = fcntl(file.second, F_DUPFD_CLOEXEC, kNetFd + 1);
+        if (file.second < 0) {
+          _exit(125);
+        }
+        keep.push_back(file.second);
+      }
+    }
     int err_fd = 3;
     if (pipefd[1] != err_fd) {
       if (dup3(pipefd[1], err_fd, O_CLOEXEC) < 0) {
@@ -730,8 +763,16 @@ Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted
     if (spec.net_fd >= 0 && dup3(spec.net_fd, kNetFd, O_CLOEXEC) < 0) {
       _exit(125);
     }
-    syscall(SYS_close_range, spec.net_fd >= 0 ? kNetFd + 1u : 4u, ~0u, 0u);
-    runOuter(spec, filter, err_fd, uid, gid);
+    std::sort(keep.begin(), keep.end());
+    unsigned from = spec.net_fd >= 0 ? kNetFd + 1u : 4u;
+    for (int fd : keep) {
+      if (static_cast<unsigned>(fd) > from) {
+        syscall(SYS_close_range, from, static_cast<unsigned>(fd) - 1, 0u);
+      }
+      from = static_cast<unsigned>(fd) + 1;
+    }
+    syscall(SYS_close_range, from, ~0u, 0u);
+    runOuter(moved, filter, err_fd, uid, gid);
   }
   close(pipefd[1]);
   // SIGTERM, SIGHUP, SIGUSR1/2 sent to guard go to the agent, which decides;

@@ -24,9 +24,10 @@ struct JailSpec {
   struct Bind {
     std::string path;  // absolute, no symlink on the way
     bool writable = false;
-    // files are shown over a read-only directory: relative path -> content
-    // (a read-only overlayfs of them above the host directory).
-    std::vector<std::pair<std::string, std::string>> files;
+    // files are shown over a read-only directory: relative path -> a
+    // sealed memfd with the content and mode (fusefs::makeOverlay), copied
+    // into a read-only overlayfs layer above the host directory.
+    std::vector<std::pair<std::string, int>> files;
   };
   std::vector<Bind> binds;
   std::string hostname = "guard";

@@ -2,6 +2,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/mount.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,8 +50,21 @@ TEST_CASE("view: an overlay replaces a host file, read-only, and hides the host'
   policy::MemoryAuditSink sink;
   fusefs::ViewOptions opts;
   opts.mountpoint = mnt;
-  opts.overlays = {{dir.path() + "/ro/bundle.pem", "HOST BUNDLE\nSESSION CA\n"}};
+  auto overlay = fusefs::makeOverlay(dir.path() + "/ro/bundle.pem", "SESSION CA\n", 0444);
+  REQUIRE(overlay.ok());
+  // An overlay must be sealed: a descriptor anyone could still write is refused.
+  int unsealed = memfd_create("unsealed", MFD_CLOEXEC);
+  REQUIRE(unsealed >= 0);
+  opts.overlays = {{dir.path() + "/ro/bundle.pem", unsealed}};
+  auto refused = fusefs::mountView(p, &sink, opts);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().message().find("not a sealed overlay") != std::string::npos);
+  close(unsealed);
+  CHECK_FALSE(fusefs::makeOverlay(dir.path() + "/ro/absent.pem", "", 0444).ok());
+
+  opts.overlays = {{dir.path() + "/ro/bundle.pem", overlay.value()}};
   auto view = fusefs::mountView(p, &sink, opts);
+  close(overlay.value());  // the view holds its own descriptor
   REQUIRE(view.ok());
 
   std::string seen = readFile(mnt + dir.path() + "/ro/bundle.pem");
