@@ -859,9 +859,15 @@ Error Session::start() {
 }
 
 void Session::stop() {
+  // Both are killed before either is waited for: each takes a while to
+  // free its memory (QEMU the guest's), and they can do it side by side.
   for (Process* p : {&qemu_, &virtiofsd_}) {
     if (p->pid > 0 && !p->exited) {
       kill(p->pid, SIGKILL);
+    }
+  }
+  for (Process* p : {&qemu_, &virtiofsd_}) {
+    if (p->pid > 0 && !p->exited) {
       while (waitpid(p->pid, &p->status, 0) < 0 && errno == EINTR) {
       }
       p->exited = true;
