@@ -21,7 +21,7 @@ BSSL_INC := /usr/include/android
 BSSL_LIB := /usr/lib/x86_64-linux-gnu/android
 BSSL     := -L$(BSSL_LIB) -Wl,-rpath,$(BSSL_LIB) -lssl -lcrypto
 
-PKGS     := yaml-cpp spdlog fuse3 libidn2 libseccomp libcares libnftables
+PKGS     := yaml-cpp spdlog fuse3 libidn2 libseccomp libcares libnftnl libmnl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -11,14 +11,16 @@ packages=(
   # CLI11 for sub-commands and --help; libidn2 for IDNA (punycode) domains
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libidn2-dev
   # jail and capture
-  libseccomp-dev libnftables-dev
+  libseccomp-dev libnftnl-dev libmnl-dev
   # benchmarks and tools the tests drive
   libbenchmark-dev binutils iproute2 git python3 procps bubblewrap hyperfine time cpio
   # the host-mode tests: real tools run inside sessions, a static helper, an unprivileged user
   libc6-dev nodejs strace util-linux passwd
   # the network tests: a test origin (nginx) with a test PKI (openssl), real
-  # clients (curl, dig); the proxy benchmark's peers (squid with ssl-bump, mitmproxy)
+  # clients (curl, dig); the proxy benchmark's peers (squid with ssl-bump, mitmproxy);
+  # nft, which lists a session's rules against its reference text (nft_test.cc)
   nginx openssl curl bind9-dnsutils ca-certificates squid-openssl mitmproxy openssh-server openssh-client
+  nftables
   # VM mode (guard --vm): QEMU's microvm and virtiofsd (qemu-system-common,
   # /usr/lib/qemu/virtiofsd); lz4 and cpio for scripts/vm-prepare.sh, which
   # unpacks Debian's cloud kernel and builds the initramfs (make check runs it)

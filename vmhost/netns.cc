@@ -1,15 +1,17 @@
-// Network namespace setup: routes (rtnetlink), nftables rules (libnftables),
-// the proxy's listeners (handed over with SCM_RIGHTS).
+// Network namespace setup: routes (rtnetlink), nftables rules (one batch
+// built with libnftnl, vmhost/nftables.h), the proxy's listeners (handed
+// over with SCM_RIGHTS).
 #include "vmhost/netns.h"
 
 #include <arpa/inet.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_conntrack_common.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_log.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <netinet/in.h>
-#include <nftables/libnftables.h>
 #include <fcntl.h>
 #include <linux/if_tun.h>
 #include <sys/ioctl.h>
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "policy/wire.h"
+#include "vmhost/nftables.h"
 #include "vmhost/vm_wire.h"
 
 namespace guard::vmhost {
@@ -106,86 +109,107 @@ bool interfaceUp(const char* name, const char* addr) {
   return ok;
 }
 
-// hostRules: the agent's own namespace. The loopback of the namespace
+// installHostRules: the agent's own namespace. The loopback of the namespace
 // stays the agent's own (its dev servers, its tests); everything else is
 // captured or dropped. Dropped packets go to NFLOG group 7 and a counter.
 // With every address local, a flow's source is the address it was sent to,
 // so the proxy's replies to a redirected flow leave for a non-loopback
-// address: conntrack knows them.
-std::string hostRules(uint16_t proxy_port) {
-  return "table inet guard {\n"
-         "  chain capture {\n"
-         "    type nat hook output priority -100; policy accept;\n"
-         "    meta l4proto { tcp, udp } th dport 53 redirect to :53\n"
-         "    ip daddr 127.0.0.0/8 return\n"
-         "    ip6 daddr ::1 return\n"
-         "    meta l4proto tcp redirect to :" + std::to_string(proxy_port) + "\n"
-         "  }\n"
-         "  chain only_loopback {\n"
-         "    type filter hook output priority 0; policy drop;\n"
-         "    ip daddr 127.0.0.0/8 accept\n"
-         "    ip6 daddr ::1 accept\n"
-         "    ct status dnat accept\n"  // both directions of a redirected flow
-         "    counter log group 7 drop\n"
-         "  }\n"
-         "}\n";
+// address: conntrack knows them. In nft(8) syntax the table is as follows
+// (tests/integration/nft_test.cc holds the same text and checks a live
+// session's table against what `nft -f` makes of it):
+//
+//   table inet guard {
+//     chain capture {
+//       type nat hook output priority -100; policy accept;
+//       meta l4proto { tcp, udp } th dport 53 redirect to :53
+//       ip daddr 127.0.0.0/8 return
+//       ip6 daddr ::1 return
+//       meta l4proto tcp redirect to :PROXY_PORT
+//     }
+//     chain only_loopback {
+//       type filter hook output priority 0; policy drop;
+//       ip daddr 127.0.0.0/8 accept
+//       ip6 daddr ::1 accept
+//       ct status dnat accept   # both directions of a redirected flow
+//       counter log group 7 drop
+//     }
+//   }
+bool installHostRules(uint16_t proxy_port, std::string* why) {
+  using nft::Rule;
+  const in_addr_t loopback = htonl(INADDR_LOOPBACK);
+  nft::Batch b("guard");
+  b.chain("capture", "nat", NF_INET_LOCAL_OUT, -100, NF_ACCEPT);
+  b.chain("only_loopback", "filter", NF_INET_LOCAL_OUT, 0, NF_DROP);
+  nft::Set tcp_udp = b.l4protos({IPPROTO_TCP, IPPROTO_UDP});
+  b.rule("capture", Rule().l4protoIn(tcp_udp).dport(53).redirect(53));
+  b.rule("capture", Rule().ipDaddr(loopback, 8).ret());
+  b.rule("capture", Rule().ip6Daddr(in6addr_loopback).ret());
+  b.rule("capture", Rule().l4proto(IPPROTO_TCP).redirect(proxy_port));
+  b.rule("only_loopback", Rule().ipDaddr(loopback, 8).accept());
+  b.rule("only_loopback", Rule().ip6Daddr(in6addr_loopback).accept());
+  b.rule("only_loopback", Rule().ctStatus(IPS_DST_NAT).accept());
+  b.rule("only_loopback", Rule().counter().log(7).drop());
+  return b.commit(why);
 }
 
-// vmRules: the namespace QEMU runs in, where the guest's packets arrive on
+// installVmRules: the namespace QEMU runs in, where the guest's packets arrive on
 // the tap device. Every TCP connection is redirected to the proxy, DNS to
 // the responder (both listen on the tap's address); everything else the
 // guest sends (other UDP, ICMP, IPv6) is dropped, audited through NFLOG.
-std::string vmRules(uint16_t proxy_port) {
-  return std::string("table inet guard {\n") +
-         "  chain guest_only {\n"
-         "    type filter hook prerouting priority -150; policy accept;\n"
-         "    iifname != \"" + kTapName + "\" accept\n"
-         "    meta nfproto ipv4 meta l4proto tcp accept\n"
-         "    meta nfproto ipv4 meta l4proto udp udp dport 53 accept\n"
-         "    counter log group 7 drop\n"
-         "  }\n"
-         "  chain capture {\n"
-         "    type nat hook prerouting priority -100; policy accept;\n"
-         "    iifname \"" + kTapName + "\" meta l4proto { tcp, udp } th dport 53 redirect to :53\n"
-         "    iifname \"" + kTapName + "\" meta l4proto tcp redirect to :" +
-         std::to_string(proxy_port) + "\n"
-         "  }\n"
-         "  chain only_proxy {\n"
-         "    type filter hook input priority 0; policy drop;\n"
-         "    iifname \"lo\" accept\n"
-         "    ct status dnat accept\n"
-         // the proxy itself, asked explicitly (HTTP_PROXY): a redirect to
-         // where the packet already goes changes nothing, so no dnat status
-         "    iifname \"" + kTapName + "\" ip daddr " + wire::kHostAddr + " tcp dport { " +
-         std::to_string(proxy_port) + ", 53 } accept\n"
-         "    iifname \"" + kTapName + "\" ip daddr " + wire::kHostAddr + " udp dport 53 accept\n"
-         "    counter log group 7 drop\n"
-         "  }\n"
-         "}\n";
-}
-
-bool installRules(const std::string& rules, std::string* why) {
-  nft_ctx* nft = nft_ctx_new(NFT_CTX_DEFAULT);
-  if (nft == nullptr) {
-    *why = "nftables context";
-    errno = ENOMEM;
+// In nft(8) syntax (TAP is kTapName, HOST wire::kHostAddr; checked like
+// host mode's by tests/integration/nft_test.cc):
+//
+//   table inet guard {
+//     chain guest_only {
+//       type filter hook prerouting priority -150; policy accept;
+//       iifname != "TAP" accept
+//       meta nfproto ipv4 meta l4proto tcp accept
+//       meta nfproto ipv4 meta l4proto udp udp dport 53 accept
+//       counter log group 7 drop
+//     }
+//     chain capture {
+//       type nat hook prerouting priority -100; policy accept;
+//       iifname "TAP" meta l4proto { tcp, udp } th dport 53 redirect to :53
+//       iifname "TAP" meta l4proto tcp redirect to :PROXY_PORT
+//     }
+//     chain only_proxy {
+//       type filter hook input priority 0; policy drop;
+//       iifname "lo" accept
+//       ct status dnat accept
+//       # the proxy itself, asked explicitly (HTTP_PROXY): a redirect to
+//       # where the packet already goes changes nothing, so no dnat status
+//       iifname "TAP" ip daddr HOST tcp dport { PROXY_PORT, 53 } accept
+//       iifname "TAP" ip daddr HOST udp dport 53 accept
+//       counter log group 7 drop
+//     }
+//   }
+bool installVmRules(uint16_t proxy_port, std::string* why) {
+  using nft::Rule;
+  in_addr host{};
+  if (inet_pton(AF_INET, wire::kHostAddr, &host) != 1) {
+    *why = "nftables: the tap's address";
+    errno = EINVAL;
     return false;
   }
-  nft_ctx_buffer_error(nft);
-  int rc = nft_run_cmd_from_buffer(nft, rules.c_str());
-  if (rc != 0) {
-    const char* err = nft_ctx_get_error_buffer(nft);
-    *why = std::string("nftables: ") + (err != nullptr ? err : "rejected the rules");
-    while (!why->empty() && why->back() == '\n') {
-      why->pop_back();
-    }
-  }
-  nft_ctx_free(nft);
-  if (rc != 0) {
-    errno = EPERM;
-    return false;
-  }
-  return true;
+  nft::Batch b("guard");
+  b.chain("guest_only", "filter", NF_INET_PRE_ROUTING, -150, NF_ACCEPT);
+  b.chain("capture", "nat", NF_INET_PRE_ROUTING, -100, NF_ACCEPT);
+  b.chain("only_proxy", "filter", NF_INET_LOCAL_IN, 0, NF_DROP);
+  b.rule("guest_only", Rule().iifname(kTapName, false).accept());
+  b.rule("guest_only", Rule().nfproto(NFPROTO_IPV4).l4proto(IPPROTO_TCP).accept());
+  b.rule("guest_only", Rule().nfproto(NFPROTO_IPV4).l4proto(IPPROTO_UDP).dport(53).accept());
+  b.rule("guest_only", Rule().counter().log(7).drop());
+  nft::Set tcp_udp = b.l4protos({IPPROTO_TCP, IPPROTO_UDP});
+  b.rule("capture", Rule().iifname(kTapName).l4protoIn(tcp_udp).dport(53).redirect(53));
+  b.rule("capture", Rule().iifname(kTapName).l4proto(IPPROTO_TCP).redirect(proxy_port));
+  b.rule("only_proxy", Rule().iifname("lo").accept());
+  b.rule("only_proxy", Rule().ctStatus(IPS_DST_NAT).accept());
+  nft::Set proxy_dns = b.ports({proxy_port, 53});
+  b.rule("only_proxy",
+         Rule().iifname(kTapName).ipDaddr(host.s_addr, 32).l4proto(IPPROTO_TCP).dportIn(proxy_dns).accept());
+  b.rule("only_proxy", Rule().iifname(kTapName).ipDaddr(host.s_addr, 32).l4proto(IPPROTO_UDP).dport(53).accept());
+  b.rule("only_proxy", Rule().counter().log(7).drop());
+  return b.commit(why);
 }
 
 // nflogSocket subscribes to NFLOG group 7, where the rules send every
@@ -365,7 +389,7 @@ bool setupNetwork(int net_fd, uint16_t proxy_port, std::string* what) {
   // IPv6 may be off in this kernel; then only IPv4 exists and nothing else
   // needs capturing.
   bool v6 = addLocalDefault(AF_INET6);
-  if (!installRules(hostRules(proxy_port), what)) {
+  if (!installHostRules(proxy_port, what)) {
     return false;
   }
   return handOver(net_fd, proxy_port, v6, false, what);
@@ -389,7 +413,7 @@ int setupVmNetwork(int net_fd, uint16_t proxy_port, std::string* what) {
     errno = e;
     return -1;
   }
-  if (!interfaceUp(kTapName, wire::kHostAddr) || !installRules(vmRules(proxy_port), what) ||
+  if (!interfaceUp(kTapName, wire::kHostAddr) || !installVmRules(proxy_port, what) ||
       !handOver(net_fd, proxy_port, false, true, what)) {
     if (what->empty()) {
       *what = "configure the tap device";
