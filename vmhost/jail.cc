@@ -643,7 +643,8 @@ void bindTrees(int err_fd, const JailSpec& spec) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     runInit(spec, filter, err_fd);
   }
-  close(err_fd);
+  // The error pipe, the proxy's socket and the layers' memfds are init's.
+  syscall(SYS_close_range, 3u, ~0u, 0u);
   ignoreTerminalSignals();
   forwardTermination(init);
   int status = 0;
