@@ -1669,6 +1669,72 @@ TEST_CASE("host: descriptors the caller leaks do not reach the command", "[integ
   checkNoSecret(w, r);
 }
 
+TEST_CASE("host: guard's setup processes inside the session hold only stdio and no environment",
+          "[integration][host]") {
+  // The jail's outer process and its init live in the session's user
+  // namespace for as long as the agent runs. Judged from the host: their
+  // descriptors (none may be the error pipe, the proxy's socket, a layer's
+  // memfd or anything the caller leaked) and their /proc/PID/environ.
+  Workspace w;
+  int leaked = open(w.secretKey().c_str(), O_RDONLY);  // no O_CLOEXEC: guard inherits it
+  REQUIRE(leaked >= 0);
+  Child c;
+  w.start(&c, "touch ready\nwhile [ ! -e go ]; do sleep 0.02; done\n");
+  close(leaked);
+  REQUIRE(waitFor(w.at("ready")));
+  auto field = [](const std::string& pid, int n) {
+    std::string stat = readFile("/proc/" + pid + "/stat");
+    size_t at = stat.rfind(')');  // the command name may hold spaces
+    std::istringstream rest(at == std::string::npos ? "" : stat.substr(at + 2));
+    std::string f;
+    for (int i = 3; i <= n && rest >> f; ++i) {
+    }
+    return f;
+  };
+  auto userNs = [](const std::string& pid) {
+    std::error_code ec;
+    return fs::read_symlink("/proc/" + pid + "/ns/user", ec).string();
+  };
+  // guard's descendants, by parent links.
+  std::set<std::string> tree = {std::to_string(c.pid())};
+  for (bool grew = true; grew;) {
+    grew = false;
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+      std::string pid = entry.path().filename();
+      if (pid.find_first_not_of("0123456789") == std::string::npos && tree.count(pid) == 0 &&
+          tree.count(field(pid, 4)) == 1) {
+        tree.insert(pid);
+        grew = true;
+      }
+    }
+  }
+  // The setup processes run guard's code in another user namespace than
+  // guard's (the proxy and the view stay in guard's).
+  std::string host_ns = userNs(std::to_string(c.pid()));
+  std::vector<std::string> setup;
+  for (const std::string& pid : tree) {
+    if (readFile("/proc/" + pid + "/comm") == "guard\n" && userNs(pid) != host_ns) {
+      setup.push_back(pid);
+    }
+  }
+  CHECK(setup.size() == 2);  // the outer process and init
+  for (const std::string& pid : setup) {
+    std::set<std::string> fds;
+    for (const auto& fd : fs::directory_iterator("/proc/" + pid + "/fd")) {
+      fds.insert(fd.path().filename());
+    }
+    INFO("process " << pid << " holds " << fds.size() << " descriptors");
+    CHECK(fds == std::set<std::string>{"0", "1", "2"});
+    std::string env = readFile("/proc/" + pid + "/environ");
+    CHECK_FALSE(contains(env, kSecret));
+    CHECK_FALSE(contains(env, "FOO_SECRET"));
+  }
+  writeText(w.at("go"), "");
+  Run r = c.finish();
+  INFO(describe(r));
+  CHECK(r.status == 0);
+}
+
 // ===========================================================================
 // guard's own setup.
 // ===========================================================================

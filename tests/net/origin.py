@@ -206,7 +206,7 @@ def nginx_conf(d, sites, pki, https_port, http_port, http2):
         "uri=\"$request_uri\" status=$status bytes=$body_bytes_sent "
         "authorization=\"$http_authorization\" x_api_key=\"$http_x_api_key\" "
         "x_token=\"$http_x_token\" remote=$remote_addr:$remote_port "
-        "server=$server_addr:$server_port proto=$server_protocol tls=$ssl_protocol';",
+        "server=$server_addr:$server_port proto=$server_protocol tls=$ssl_protocol cipher=$ssl_cipher';",
     ]
     www = os.path.join(d, "www")
     h2 = " http2" if http2 else ""
