@@ -759,13 +759,25 @@ void View::rename(fuse_req_t req, fuse_ino_t parent_ino, const char* name,
     fuse_reply_err(req, err);
     return;
   }
-  struct stat src {};
-  if (fstatat(parent->fd, name, &src, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(src.st_mode) &&
-      !policy_.renameKeepsDecisions(from, to)) {
-    Verdict v = vf;
+  // A directory moved to another name takes the paths below it along: each
+  // must keep its decision. RENAME_EXCHANGE moves the target too, the other
+  // way.
+  const bool exchange = (flags & RENAME_EXCHANGE) != 0;
+  auto keepsDecisions = [&](int dirfd, const char* leaf, const std::string& old_path,
+                            const std::string& new_path, const Verdict& verdict) {
+    struct stat st {};
+    if (fstatat(dirfd, leaf, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode) ||
+        policy_.renameKeepsDecisions(old_path, new_path)) {
+      return true;
+    }
+    Verdict v = verdict;
     v.decision = Decision::kDeny;
     v.reason = "the directory holds paths whose rules depend on its name";
-    audit(req, from, v, "rename");
+    audit(req, old_path, v, "rename");
+    return false;
+  };
+  if (!keepsDecisions(parent->fd, name, from, to, vf) ||
+      (exchange && !keepsDecisions(newparent->fd, newname, to, from, vt))) {
     fuse_reply_err(req, EXDEV);  // mv and friends fall back to copying file by file
     return;
   }
@@ -775,23 +787,34 @@ void View::rename(fuse_req_t req, fuse_ino_t parent_ino, const char* name,
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = parent->children.find(name);
-    if (it != parent->children.end()) {
-      Node* moved = it->second;
-      parent->children.erase(it);
-      auto old = newparent->children.find(newname);
-      if (old != newparent->children.end()) {
-        old->second->parent = nullptr;
-        newparent->children.erase(old);
+    auto take = [](Node* dir, const char* leaf) -> Node* {
+      auto it = dir->children.find(leaf);
+      if (it == dir->children.end()) {
+        return nullptr;
       }
-      // The moved node keeps its lookup count; the count it held on its old
-      // parent moves to the new one.
-      moved->parent = newparent;
-      moved->name = newname;
-      moved->write_verdict = vt;
-      newparent->children.emplace(newname, moved);
-      ++newparent->nlookup;
-      dropLocked(parent, 1);
+      Node* n = it->second;
+      dir->children.erase(it);
+      return n;
+    };
+    Node* moved = take(parent, name);
+    Node* displaced = take(newparent, newname);
+    // A moved node keeps its lookup count; the count it held on its old
+    // parent moves to the new one.
+    auto place = [&](Node* n, Node* from_dir, Node* to_dir, const char* leaf, const Verdict& w) {
+      n->parent = to_dir;
+      n->name = leaf;
+      n->write_verdict = w;
+      to_dir->children.emplace(leaf, n);
+      ++to_dir->nlookup;
+      dropLocked(from_dir, 1);
+    };
+    if (moved != nullptr) {
+      place(moved, parent, newparent, newname, vt);
+    }
+    if (displaced != nullptr && exchange) {
+      place(displaced, newparent, parent, name, vf);
+    } else if (displaced != nullptr) {
+      displaced->parent = nullptr;  // replaced: only its open handles still reach it
     }
   }
   fuse_reply_err(req, 0);

@@ -1381,6 +1381,47 @@ TEST_CASE("host: renaming a directory above a hidden path does not reveal it",
   checkRenameAboveHidden(As::kCaller);
 }
 
+void checkExchangeAboveProtected(As as) {
+  // renameat2(RENAME_EXCHANGE) moves both objects: a plain file swapped with
+  // a directory carries the directory to the file's name, away from the
+  // rules on the paths below it, unless the view judges both moves. The
+  // directory is named etc, so that a view which lost track of where it
+  // went and judged it as /etc would show what is below it.
+  Workspace w(as);
+  w.writePolicy(
+      "    - id: host-test.project-hidden\n"
+      "      hidden: [\"{project}/etc/secret.txt\"]\n"
+      "    - id: host-test.project-hooks\n"
+      "      read-only: [\"{project}/repo/hooks\"]\n");
+  writeText(w.at("etc/secret.txt"), std::string(kSecret) + "\n");
+  writeText(w.at("repo/hooks/pre-commit"), kRoCanary);
+  w.plant(w.at("etc/secret.txt"));
+  std::string h = w.helper("exchange");
+  REQUIRE_FALSE(h.empty());
+  Run r = w.guard(
+      "touch f g\n" +
+      h + " f etc; echo etc-swap=$?\n"
+      "cat f/secret.txt >> loot 2>&1; cp f/secret.txt stolen 2>/dev/null; ls f\n" +
+      h + " etc f\n" +
+      h + " g repo; echo repo-swap=$?\n"
+      "echo changed > g/hooks/pre-commit 2>/dev/null\n"
+      "echo added > g/hooks/post-commit 2>/dev/null\n" +
+      h + " repo g\n"
+      "ls etc repo/hooks");
+  INFO(describe(r));
+  checkNoSecret(w, r);
+  CHECK(w.read("repo/hooks/pre-commit") == kRoCanary);
+  CHECK_FALSE(exists(w.at("repo/hooks/post-commit")));
+  CHECK(exists(w.at("etc/secret.txt")));  // everything is where it was
+  CHECK(contains(r.out, "etc-swap=1"));
+  CHECK(contains(r.out, "repo-swap=1"));
+}
+
+TEST_CASE("host: exchanging a file with a directory above protected paths is refused",
+          "[integration][host]") {
+  checkExchangeAboveProtected(As::kCaller);
+}
+
 TEST_CASE("host: a hard link made before the session to a **/.env file does not reveal it",
           "[integration][host]") {
   Workspace w;
