@@ -380,6 +380,7 @@ struct Conn {
   bool dead = false;
   bool destroyed = false;  // closed; freed once the current batch of events is done
   bool close_after_flush = false;
+  bool refused = false;  // refuse() ended the exchange: only its page is still flushed
 
   std::string name;       // the domain the connection is for (may be empty)
   policy::IpAddr ip;      // the destination address when the agent named one
@@ -734,6 +735,14 @@ void Proxy::audit(const char* action, const std::string& target, const std::stri
   sink_->emit(std::move(e));
 }
 
+// nameTail is NAME with all but its last two labels replaced by "*", for
+// audit events about a name that carries a secret.
+std::string nameTail(const std::string& name) {
+  size_t dot = name.rfind('.');
+  dot = dot == std::string::npos || dot == 0 ? std::string::npos : name.rfind('.', dot - 1);
+  return "*" + (dot == std::string::npos ? std::string() : name.substr(dot));
+}
+
 void Proxy::auditConn(Conn* c, const std::string& decision, const Verdict* v,
                       const std::string& reason, nlohmann::json details) {
   if (!c->name.empty()) {
@@ -931,10 +940,7 @@ void Proxy::dnsQuery(std::span<const uint8_t> packet,
   if (auto hit = scanner_.findInName(q.name)) {
     details["credential"] = o_.secrets[hit->secret].name;
     details["form"] = hit->form;
-    // The name itself carries the secret: only its last two labels are kept.
-    size_t dot = q.name.rfind('.');
-    dot = dot == std::string::npos || dot == 0 ? std::string::npos : q.name.rfind('.', dot - 1);
-    audit("exfiltration", "dns:*" + (dot == std::string::npos ? std::string() : q.name.substr(dot)), "deny", nullptr,
+    audit("exfiltration", "dns:" + nameTail(q.name), "deny", nullptr,
           std::string("a DNS query carries the ") + (hit->placeholder ? "placeholder" : "value") +
               " of credential " + o_.secrets[hit->secret].name,
           details);
@@ -1236,6 +1242,21 @@ void Proxy::startConn(Conn* c) {
 // decide judges the connection by NAME (may be empty) and IP (may be null)
 // and the port; on deny it audits, refuses and marks the connection dead.
 bool Proxy::decide(Conn* c, const std::string& name, const policy::IpAddr* ip, const char* via) {
+  if (auto hit = scanner_.findInName(name)) {
+    // A name from CONNECT, an absolute URL, a Host header or the SNI that
+    // carries a secret would reach the upstream resolver as a query (a
+    // wildcard rule may allow it): refused before anything resolves it,
+    // and named in the audit by its last two labels only.
+    c->peer = nameTail(name) + ":" + std::to_string(c->port);
+    audit("exfiltration", c->peer, "deny", nullptr,
+          std::string("the destination name carries the ") +
+              (hit->placeholder ? "placeholder" : "value") + " of credential " +
+              o_.secrets[hit->secret].name,
+          {{"credential", o_.secrets[hit->secret].name}, {"form", hit->form}, {"via", via},
+           {"conn", c->id}});
+    refuse(c, 403, "guard: the destination name carries a credential");
+    return false;
+  }
   c->name = name;
   std::string host = !name.empty() ? name : ip->toString();
   c->peer = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(c->port);
@@ -1399,6 +1420,7 @@ bool Proxy::startTls(Conn* c, Side* s, SSL* ssl) {
 
 void Proxy::refuse(Conn* c, int status, const std::string& why) {
   spdlog::debug("[c{}] refused: {}", c->id, why);
+  c->refused = true;
   // Where the agent speaks HTTP to us, it gets a page that says why; the
   // server side (if any) is dropped, since the exchange is over.
   bool http = c->phase == Phase::kExplicit || c->phase == Phase::kHttp;
@@ -1751,6 +1773,9 @@ void Proxy::pump(Conn* c) {
 }
 
 bool Proxy::step(Conn* c) {
+  if (c->refused) {
+    return false;  // what the agent still sends is not judged, nor audited, again
+  }
   switch (c->phase) {
     case Phase::kExplicit:
       return stepExplicit(c);
