@@ -177,9 +177,22 @@ void applyLandlock(int err_fd, const std::vector<std::string>& writable) {
     die(err_fd, JailStep::kLandlock, errno, "landlock_create_ruleset");
   }
   for (const std::string& p : writable) {
-    int fd = open(p.c_str(), O_PATH | O_CLOEXEC);
+    // A writable path that does not exist yet (~/.claude.json before an
+    // agent's first run) can only be created beneath its nearest existing
+    // ancestor, so the rule goes there; the view still refuses every other
+    // name in it. Never at /: that would switch Landlock off.
+    std::string at = p;
+    int fd = open(at.c_str(), O_PATH | O_CLOEXEC);
+    while (fd < 0 && errno == ENOENT) {
+      size_t slash = at.rfind('/');
+      if (slash == std::string::npos || slash == 0) {
+        break;
+      }
+      at.resize(slash);
+      fd = open(at.c_str(), O_PATH | O_CLOEXEC);
+    }
     if (fd < 0) {
-      continue;  // a writable path that does not exist yet needs no rule
+      continue;
     }
     struct stat st {};
     fstat(fd, &st);

@@ -1776,6 +1776,26 @@ TEST_CASE("host: guard's setup processes inside the session hold only stdio and 
   CHECK(r.status == 0);
 }
 
+TEST_CASE("host: a read-write path that does not exist yet can be created, and nothing beside it",
+          "[integration][host]") {
+  // An agent's own state (~/.claude.json, ~/.codex) is often missing before
+  // its first run, below a read-only home: the view allows creating exactly
+  // those names, and Landlock must not refuse them underneath.
+  Workspace w;
+  w.writePolicy("    - id: host-test.later\n"
+                "      read-write: [\"" + w.ro + "/later-dir\", \"" + w.ro + "/later-file\"]\n");
+  Run r = w.guard("mkdir " + w.ro + "/later-dir && echo in > " + w.ro + "/later-dir/f\n"
+                  "echo file > " + w.ro + "/later-file\n"
+                  "echo no > " + w.ro + "/other 2>/dev/null; mkdir " + w.ro + "/other-dir 2>/dev/null\n"
+                  "true");
+  INFO(describe(r));
+  CHECK(r.status == 0);
+  CHECK(readFile(w.ro + "/later-dir/f") == "in\n");
+  CHECK(readFile(w.ro + "/later-file") == "file\n");
+  CHECK_FALSE(exists(w.ro + "/other"));
+  CHECK_FALSE(exists(w.ro + "/other-dir"));
+}
+
 // ===========================================================================
 // guard's own setup.
 // ===========================================================================
