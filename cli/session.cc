@@ -215,6 +215,9 @@ int runSession(const SessionOptions& options) {
   base.user = ctx.user;
   base.groups = ctx.groups;
   base.host = ctx.host;
+  // Every event of the session says which mode it ran in, the view's, the
+  // proxy's and guard's own (environment, credentials) alike.
+  base.details["mode"] = options.vm ? "vm" : "host";
 
   std::string audit_path = options.audit_file.empty() ? policy::defaultAuditPath()
                                                       : options.audit_file;
@@ -255,7 +258,6 @@ int runSession(const SessionOptions& options) {
   vopts.mountpoint = mnt;
   vopts.allowed_audit = allowed;
   vopts.audit_base = base;
-  vopts.audit_base.details["mode"] = options.vm ? "vm" : "host";
   // The overlays' memfds stay open until the session ends: the view and
   // the jail (forks) copy from them.
   struct Overlays {

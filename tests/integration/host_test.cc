@@ -915,9 +915,13 @@ void checkHiddenDirect(As as, const UnprivUser& u = {}) {
   CHECK(r.status != 0);
   CHECK_FALSE(exists(w.at("secret-visible")));
   checkNoSecret(w, r);
-  // The refusal is audited on the filesystem surface.
+  // The refusal is audited on the filesystem surface, and every event of the
+  // session (guard's own environment decisions included) names its mode.
   bool found = false;
+  const std::string mode = as == As::kVm ? "vm" : "host";
   for (const auto& e : w.auditEvents()) {
+    INFO(e.dump());
+    CHECK((e.contains("details") && e["details"].value("mode", "") == mode));
     if (e.value("surface", "") == "filesystem" && e.value("decision", "") == "deny" &&
         e.value("target", "").rfind(w.secret, 0) == 0) {
       found = true;
