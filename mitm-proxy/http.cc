@@ -284,7 +284,8 @@ bool responseFraming(const HttpHead& head, std::string_view request_method, Fram
   return true;
 }
 
-long ChunkedReader::consume(std::string_view in, std::string* data) {
+long ChunkedReader::consume(std::string_view in, std::string* data,
+                            std::vector<std::pair<size_t, size_t>>* spans) {
   size_t i = 0;
   while (i < in.size() && state_ != State::kDone) {
     char c = in[i];
@@ -328,6 +329,9 @@ long ChunkedReader::consume(std::string_view in, std::string* data) {
         uint64_t take = std::min<uint64_t>(left_, in.size() - i);
         if (data != nullptr) {
           data->append(in.substr(i, take));
+        }
+        if (spans != nullptr && take > 0) {
+          spans->emplace_back(i, static_cast<size_t>(take));
         }
         left_ -= take;
         i += take;

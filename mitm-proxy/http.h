@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace guard::proxy {
@@ -63,8 +64,10 @@ class ChunkedReader {
  public:
   // consume reads up to IN.size() bytes of the body; returns how many belong
   // to it (fewer when it ended) or -1 when the framing is malformed. DATA,
-  // when given, receives the chunks' payload.
-  long consume(std::string_view in, std::string* data = nullptr);
+  // when given, receives the chunks' payload; SPANS, where in IN each piece
+  // of it lies (offset, length).
+  long consume(std::string_view in, std::string* data = nullptr,
+               std::vector<std::pair<size_t, size_t>>* spans = nullptr);
   bool done() const { return state_ == State::kDone; }
 
  private:

@@ -353,6 +353,11 @@ struct Body {
   ChunkedReader chunks;
   size_t counted = 0;
   bool ended = true;
+  // A chunked request body is scanned as its payload, without the framing:
+  // where the payload of the counted, unsent bytes lies (offset in the
+  // side's buffer, length), and the end of the payload already sent.
+  std::vector<std::pair<size_t, size_t>> spans;
+  std::string sent_payload;
 
   void start(const Framing& f) {
     framing = f;
@@ -360,6 +365,8 @@ struct Body {
     chunks = ChunkedReader();
     counted = 0;
     ended = f.kind == Framing::Kind::kNone;
+    spans.clear();
+    sent_payload.clear();
   }
 };
 
@@ -2178,7 +2185,12 @@ bool Proxy::moveBody(Conn* c, Body* b, Side* from, Side* to, bool request) {
         b->ended = b->left == 0;
         break;
       case Framing::Kind::kChunked: {
-        long r = b->chunks.consume(fresh);
+        std::vector<std::pair<size_t, size_t>> fresh_spans;
+        bool scan = request && !scanner_.empty();
+        long r = b->chunks.consume(fresh, nullptr, scan ? &fresh_spans : nullptr);
+        for (auto [off, len] : fresh_spans) {
+          b->spans.emplace_back(b->counted + off, len);
+        }
         if (r < 0) {
           auditConn(c, "deny", nullptr, "malformed chunked body");
           refuse(c, request ? 400 : 502, "guard: malformed chunked body");
@@ -2214,11 +2226,31 @@ bool Proxy::moveBody(Conn* c, Body* b, Side* from, Side* to, bool request) {
     window += 64;
   }
   size_t keep = b->ended ? 0 : std::min(region.size(), window);
+  std::string payload;  // a chunked request's payload: what was sent, then what waits
+  if (request && !scanner_.empty() && b->framing.kind == Framing::Kind::kChunked) {
+    payload = b->sent_payload;
+    size_t held = 0;  // payload bytes that must wait: those that could begin a secret
+    for (auto [off, len] : b->spans) {
+      payload.append(region.substr(off, len));
+    }
+    // The raw bytes from where the last LONGEST-1 payload bytes begin wait
+    // too, however much framing (chunk sizes, extensions) lies among them.
+    for (size_t i = b->spans.size(); i > 0 && !b->ended && held < window; --i) {
+      auto [off, len] = b->spans[i - 1];
+      size_t need = std::min(len, window - held);
+      held += need;
+      keep = std::max(keep, b->counted - (off + len - need));
+    }
+  }
   if (request && !scanner_.empty()) {
     std::string text;
     text.reserve(c->scan_tail.size() + region.size());
     text.append(c->scan_tail).append(region);
-    if (auto hit = scanner_.find(text, c->allowed_secrets)) {
+    auto hit = scanner_.find(text, c->allowed_secrets);
+    if (!hit && !payload.empty()) {
+      hit = scanner_.find(payload, c->allowed_secrets);
+    }
+    if (hit) {
       const Secret& s = o_.secrets[hit->secret];
       audit("exfiltration", c->peer, "deny", nullptr,
             std::string("a request body carries the ") + (hit->placeholder ? "placeholder" : "value") +
@@ -2243,6 +2275,21 @@ bool Proxy::moveBody(Conn* c, Body* b, Side* from, Side* to, bool request) {
     if (request) {
       std::string_view sent = std::string_view(from->in).substr(0, emit);
       c->scan_tail = std::string(sent.substr(sent.size() - std::min(sent.size(), scanner_.longest())));
+      // The payload sent with those bytes joins the sent payload; the spans
+      // left move to the front with the bytes that stay.
+      std::vector<std::pair<size_t, size_t>> left;
+      for (auto [off, len] : b->spans) {
+        size_t sent_len = off >= emit ? 0 : std::min(len, emit - off);
+        b->sent_payload.append(sent.substr(std::min(off, emit), sent_len));
+        if (sent_len < len) {
+          left.emplace_back(off + sent_len - emit, len - sent_len);
+        }
+      }
+      b->spans = std::move(left);
+      size_t tail = scanner_.longest();
+      if (b->sent_payload.size() > tail) {
+        b->sent_payload.erase(0, b->sent_payload.size() - tail);
+      }
     }
     if (!sendTo(c, to, std::string_view(from->in).substr(0, emit))) {
       return true;

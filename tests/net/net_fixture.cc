@@ -438,6 +438,15 @@ std::string TestNet::accessLog(const std::string &name) const {
 
 std::string TestNet::dnsLog() const { return readFile(dir_ + "/dns.log"); }
 
+std::string TestNet::uploads() const {
+  std::string all;
+  std::error_code ec;
+  for (const auto &e : std::filesystem::directory_iterator(dir_ + "/origin/www/uploads", ec)) {
+    all += readFile(e.path().string());
+  }
+  return all;
+}
+
 bool TestNet::waitAccessLog(const std::string &name, const std::string &needle,
                             int timeout_ms) const {
   std::string path = accessLogPath(name);

@@ -107,6 +107,9 @@ public:
   std::string accessLog(const std::string &name) const;
   std::string accessLogPath(const std::string &name) const;
   std::string dnsLog() const;
+  // uploads is every body the origins stored from a PUT to /uploads/ (any
+  // site), concatenated: what request bodies delivered.
+  std::string uploads() const;
 
   // waitAccessLog / waitDnsLog poll until the log contains NEEDLE (nginx
   // logs a request just after sending the response) and return whether it

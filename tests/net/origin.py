@@ -228,6 +228,10 @@ def nginx_conf(d, sites, pki, https_port, http_port, http2):
             "    location = /1k { }",
             "    location = /big { }",
             "    location /repo.git/ { }",
+            # PUT stores the body as www/uploads/NAME: what a request body
+            # delivered, read from the host (TestNet::uploads).
+            "    location /uploads/ { dav_methods PUT; create_full_put_path on; "
+            "client_max_body_size 16m; }",
             "    location / { return 404; }",
             "  }",
         ]
@@ -278,6 +282,9 @@ def prepare(args):
         os.rename(os.path.join(www, "big.tmp"), os.path.join(www, "big"))
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(d, "nginx-tmp", kind), exist_ok=True)
+    uploads = os.path.join(www, "uploads")
+    os.makedirs(uploads, exist_ok=True)
+    os.chmod(uploads, 0o777)  # the workers (nobody, as root) write there
     return d, pki, sites
 
 
