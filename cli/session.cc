@@ -136,6 +136,44 @@ void networkEnvironment(std::vector<std::string>* env, const Credentials& creds,
   }
 }
 
+// maskSecrets keeps every credential's real value out of the agent's
+// environment, whatever variable holds it (the credential's source variable
+// under another name, a copy in GH_TOKEN, a URL with the token in it): a
+// variable that is exactly a value gets that credential's placeholder, one
+// that contains a value is withheld. Values shorter than the secret
+// scanner's patterns (8 bytes) are not looked for. Each change is audited.
+void maskSecrets(std::vector<std::string>* env, const Credentials& creds, policy::AuditSink* sink,
+                 const AuditEvent& base) {
+  constexpr size_t kMinValue = 8;
+  for (auto it = env->begin(); it != env->end();) {
+    size_t eq = it->find('=');
+    std::string name = it->substr(0, eq);
+    std::string_view value = std::string_view(*it).substr(eq + 1);
+    const proxy::Secret* held = nullptr;
+    for (const proxy::Secret& s : creds.secrets) {
+      if (s.value.size() >= kMinValue && value.find(s.value) != std::string_view::npos) {
+        held = &s;
+        break;
+      }
+    }
+    if (held == nullptr) {
+      ++it;
+      continue;
+    }
+    bool exact = value == held->value;
+    AuditEvent ev = event(base, "env", exact ? "mask" : "withhold", name, "deny");
+    ev.reason = std::string("the variable holds the real value of credential ") + held->name +
+                (exact ? ": the agent gets its placeholder" : ": the agent does not get it");
+    sink->emit(std::move(ev));
+    if (exact) {
+      *it = name + "=" + held->placeholder;
+      ++it;
+    } else {
+      it = env->erase(it);
+    }
+  }
+}
+
 // loadSessionPolicy fills *CTX from the environment and loads the layered
 // policy (FILES replace the user and project layers). Policy errors are
 // printed as they are (file:line:col); the returned error says guard refuses.
@@ -347,6 +385,7 @@ int runSession(const SessionOptions& options) {
 
   std::vector<std::string> env = agentEnvironment(p, sink.get(), base);
   networkEnvironment(&env, creds, options.vm ? vmhost::wire::kHostAddr : "127.0.0.1");
+  maskSecrets(&env, creds, sink.get(), base);
   for (const std::string& name : creds.missing) {
     AuditEvent ev = event(base, "credentials", "read", name, "ok");
     ev.reason = "the credential's source is missing or empty: the agent gets a placeholder and nothing is injected";

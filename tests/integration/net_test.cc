@@ -55,6 +55,7 @@ struct Net {
   std::string record = net.dir() + "/flows.jsonl";
   std::vector<std::string> flags;  // guard options before --policy ({"--vm", ...})
   std::string upstream_ca = net.caFile();
+  std::vector<std::string> extra_env;  // more host variables for guard (NAME=VALUE)
 
   Net() {
     fs::create_directories(project);
@@ -95,6 +96,7 @@ struct Net {
     }
     std::vector<std::string> env = {std::string("PATH=") + kPath, "HOME=" + net.dir(),
                                     std::string("GUARD_TEST_TOKEN=") + kToken};
+    env.insert(env.end(), extra_env.begin(), extra_env.end());
     std::string prelude = "export P=" + std::to_string(net.httpsPort("allowed.test")) +
                           " H=" + std::to_string(net.httpPort("allowed.test")) + " CA=" + net.caFile() +
                           "; ";
@@ -435,6 +437,38 @@ TEST_CASE("credentials: the agent holds a placeholder, the destination gets the 
   GUARD_NET_READY();
   Net n;
   checkCredentials(n);
+}
+
+TEST_CASE("credentials: no variable of the agent's environment holds a real value",
+          "[integration][net][adversarial]") {
+  // The environment policy lets everything through; the real value sits in
+  // the credential's source variable, in a copy under another name and
+  // inside a URL. The agent must see none of it, and the audit says so.
+  GUARD_NET_READY();
+  Net n;
+  std::ofstream(n.policy, std::ios::app) << "env:\n  default: allow\n";
+  n.extra_env = {std::string("COPY_TOKEN=") + kToken,
+                 std::string("REMOTE_URL=https://user:") + kToken + "@allowed.test/repo.git"};
+  Run r = n.run("env > env.txt; echo \"copy=$COPY_TOKEN\"");
+  INFO(r.out << r.err);
+  CHECK(r.status == 0);
+  std::string env = readFile(n.project + "/env.txt");
+  CHECK_FALSE(has(env, kToken));
+  CHECK_FALSE(has(r.out, kToken));
+  CHECK(has(env, "COPY_TOKEN=guard-token-"));      // the placeholder instead
+  CHECK(has(env, "GUARD_TEST_TOKEN=guard-token-"));  // the source variable too
+  CHECK_FALSE(has(env, "REMOTE_URL="));              // withheld
+  int masked = 0;
+  int withheld = 0;
+  for (const nlohmann::json& e : n.events("mask")) {
+    masked += e.value("surface", "") == "env" && e.value("decision", "") == "deny" ? 1 : 0;
+  }
+  for (const nlohmann::json& e : n.events("withhold")) {
+    withheld += e.value("target", "") == "REMOTE_URL" ? 1 : 0;
+  }
+  CHECK(masked == 2);
+  CHECK(withheld == 1);
+  CHECK_FALSE(has(readFile(n.audit), kToken));
 }
 
 void checkUntrustedUpstream(Net& n) {
