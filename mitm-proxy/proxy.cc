@@ -1791,6 +1791,10 @@ bool Proxy::step(Conn* c) {
     case Phase::kTunnel:
       return relay(c, &c->down, &c->up) | relay(c, &c->up, &c->down);
     case Phase::kHttp:
+      if (!c->established && c->down.handshaken() && c->up_state == Up::kConnected &&
+          c->up.fd >= 0 && c->up.handshaken()) {
+        c->established = true;  // both handshakes done: from now on the idle timeout
+      }
       return requestFilter(c) | responseFilter(c);
   }
   return false;
@@ -1860,6 +1864,7 @@ bool Proxy::stepExplicit(Conn* c) {
     return true;
   }
   c->phase = c->explicit_http ? Phase::kHttp : Phase::kClassify;
+  c->established = c->explicit_http;  // plain HTTP has no handshake to wait for
   auto pooled = c->inspect && c->connect_reply ? pool_.find(poolKey(c)) : pool_.end();
   if (pooled != pool_.end() && !pooled->second.empty()) {
     // A pooled connection to this server will carry it (taken once the
@@ -1911,7 +1916,9 @@ bool Proxy::stepClassify(Conn* c) {
         return true;
       }
     }
-    c->established = true;
+    // A tunnel is set up now; an interception once both TLS handshakes are
+    // done (step()), so a handshake that stalls is timed as setup.
+    c->established = !c->inspect;
     if (c->inspect) {
       c->intercept = true;
       std::string cert_name = !c->name.empty() ? c->name : !sni.empty() ? sni : c->ip.toString();

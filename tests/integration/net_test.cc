@@ -471,6 +471,49 @@ TEST_CASE("credentials: no variable of the agent's environment holds a real valu
   CHECK_FALSE(has(readFile(n.audit), kToken));
 }
 
+TEST_CASE("proxy timeouts: a slow download outlives the setup timeout, a stalled handshake does not",
+          "[integration][net]") {
+  // Setup (decision, TLS handshakes) has 15 s, an established connection
+  // 600 s from its last read. A plain-HTTP download through the explicit
+  // proxy is established once decided; an intercepted connection only once
+  // both handshakes are done.
+  GUARD_NET_READY();
+  Net n;
+  Run r = n.run(
+      "curl -sS -o /dev/null -w 'got=%{size_download}\\n' --max-time 18 "
+      "--proxy http://127.0.0.1:15001 http://allowed.test:$H/slow/big; echo curl=$?\n"
+      "python3 - <<'EOF'\n"
+      "import os, socket, ssl, time\n"
+      "bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()\n"
+      "tls = ssl.create_default_context().wrap_bio(bio_in, bio_out, server_hostname='inspect.test')\n"
+      "try:\n"
+      "    tls.do_handshake()\n"
+      "except ssl.SSLWantReadError:\n"
+      "    pass\n"
+      "s = socket.create_connection(('inspect.test', int(os.environ['P'])))\n"
+      "s.sendall(bio_out.read())  # the ClientHello, and then nothing\n"
+      "s.settimeout(40)\n"
+      "t = time.monotonic()\n"
+      "try:\n"
+      "    while s.recv(65536):\n"
+      "        pass\n"
+      "except OSError:\n"
+      "    pass\n"
+      "print('closed-after=%d' % (time.monotonic() - t))\n"
+      "EOF\n",
+      120000);
+  INFO(r.out << r.err);
+  CHECK(has(r.out, "curl=28"));  // curl's own --max-time ended it, not the proxy
+  size_t at = r.out.find("got=");
+  REQUIRE(at != std::string::npos);
+  CHECK(std::stol(r.out.substr(at + 4)) > 15 * 32768);
+  at = r.out.find("closed-after=");
+  REQUIRE(at != std::string::npos);
+  long closed = std::stol(r.out.substr(at + 13));
+  CHECK(closed >= 10);
+  CHECK(closed <= 25);
+}
+
 void checkUntrustedUpstream(Net& n) {
   // -f: the refusal may come as a 502 page (once the agent's handshake is done) or as a
   // closed connection; either way curl must fail.

@@ -228,6 +228,8 @@ def nginx_conf(d, sites, pki, https_port, http_port, http2):
             "    location = /1k { }",
             "    location = /big { }",
             "    location /repo.git/ { }",
+            # The same files at 32 KiB/s, for transfers that outlast a timeout.
+            "    location /slow/ { alias %s; limit_rate 32k; }" % q(www + "/"),
             # PUT stores the body as www/uploads/NAME: what a request body
             # delivered, read from the host (TestNet::uploads).
             "    location /uploads/ { dav_methods PUT; create_full_put_path on; "
