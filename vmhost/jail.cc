@@ -393,6 +393,16 @@ void ignoreTerminalSignals() {
   signal(SIGTTIN, SIG_IGN);
 }
 
+// forwardSentSignal passes on a SIGINT or SIGQUIT that someone sent with
+// kill() (a CI runner cancelling a step, `kill -INT`); one the terminal
+// generated (si_code SI_KERNEL) already reached the agent in the foreground
+// group.
+void forwardSentSignal(int sig, siginfo_t* info, void*) {
+  if (info != nullptr && info->si_code <= 0) {
+    forwardSignal(sig);
+  }
+}
+
 void forwardTermination(pid_t child) {
   g_child = child;
   struct sigaction sa {};
@@ -401,6 +411,13 @@ void forwardTermination(pid_t child) {
   sa.sa_flags = SA_RESTART;
   for (int sig : {SIGTERM, SIGHUP, SIGUSR1, SIGUSR2}) {
     sigaction(sig, &sa, nullptr);
+  }
+  struct sigaction sent {};
+  sent.sa_sigaction = forwardSentSignal;
+  sigemptyset(&sent.sa_mask);
+  sent.sa_flags = SA_RESTART | SA_SIGINFO;
+  for (int sig : {SIGINT, SIGQUIT}) {
+    sigaction(sig, &sent, nullptr);
   }
 }
 
@@ -841,6 +858,8 @@ Result<int> runJail(const JailSpec& spec, const std::function<void()>& on_rooted
   for (int sig : {SIGTERM, SIGHUP, SIGUSR1, SIGUSR2}) {
     signal(sig, SIG_DFL);
   }
+  signal(SIGINT, SIG_IGN);  // as before the session: guard ends on its own
+  signal(SIGQUIT, SIG_IGN);
   if (!msg.empty() && msg[0] == 'E') {
     int step = 0;
     int e = 0;

@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pty.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -1483,6 +1484,95 @@ bool processAlive(pid_t pid, char* state) {
   }
   *state = stat[paren + 2];
   return *state != 'Z' && *state != 'X';
+}
+
+TEST_CASE("host: signals sent to guard reach the agent, SIGINT and SIGQUIT included",
+          "[integration][host]") {
+  // A CI runner cancels a step with kill -INT (or TERM) to guard's pid: the
+  // agent must hear it. The terminal's own ^C reaches the agent directly
+  // (same foreground group), so guard passes on only what kill() sent.
+  for (int sig : {SIGINT, SIGQUIT, SIGTERM}) {
+    Workspace w;
+    Child c;
+    w.start(&c,
+            "trap 'echo got > got-signal; exit 3' INT QUIT TERM\n"
+            "touch ready\n"
+            "i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\n");
+    REQUIRE(waitFor(w.at("ready")));
+    REQUIRE(kill(c.pid(), sig) == 0);
+    Run r = c.finish();
+    INFO("signal " << sig << "\n" << describe(r));
+    CHECK(r.status == 3);
+    CHECK(w.read("got-signal") == "got\n");
+  }
+}
+
+TEST_CASE("host: on a terminal the agent gets one of its size, and Ctrl-C reaches it once",
+          "[integration][host]") {
+  Workspace w;
+  std::vector<std::string> argv = w.argv(
+      {"sh", "-c",
+       "n=0; trap 'n=$((n+1)); echo got-sigint-$n' INT\n"
+       "test -t 0 && test -t 1 && echo on-a-tty; stty size\n"
+       "echo ready; i=0; while [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done\n"
+       "echo done-$n; exit 3"});
+  std::vector<std::string> env = w.env();
+  std::vector<char*> args;
+  for (const std::string& a : argv) {
+    args.push_back(const_cast<char*>(a.c_str()));
+  }
+  args.push_back(nullptr);
+  std::vector<char*> envp;
+  for (const std::string& e : env) {
+    envp.push_back(const_cast<char*>(e.c_str()));
+  }
+  envp.push_back(nullptr);
+  int master = -1;
+  struct winsize ws = {};
+  ws.ws_row = 30;
+  ws.ws_col = 100;
+  pid_t pid = forkpty(&master, nullptr, nullptr, &ws);
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    if (chdir(w.project.c_str()) != 0) {
+      _exit(126);
+    }
+    execve(args[0], args.data(), envp.data());
+    _exit(127);
+  }
+  std::string out;
+  bool sent = false;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    struct pollfd p = {master, POLLIN, 0};
+    if (poll(&p, 1, 200) > 0) {
+      char buf[4096];
+      ssize_t n = read(master, buf, sizeof(buf));
+      if (n <= 0) {
+        break;  // EIO: guard and everything on the terminal is gone
+      }
+      out.append(buf, static_cast<size_t>(n));
+    }
+    if (!sent && contains(out, "ready")) {
+      sent = true;
+      REQUIRE(write(master, "\x03", 1) == 1);  // what the terminal sends for Ctrl-C
+    }
+  }
+  int status = 0;
+  if (waitpid(pid, &status, WNOHANG) == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  close(master);
+  INFO(out);
+  CHECK(contains(out, "on-a-tty"));
+  CHECK(contains(out, "30 100"));
+  CHECK(sent);
+  CHECK(contains(out, "got-sigint-1"));
+  CHECK_FALSE(contains(out, "got-sigint-2"));  // not once more, passed on by guard
+  CHECK(contains(out, "done-1"));
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 3);
 }
 
 TEST_CASE("host: the command cannot signal or trace a host process", "[integration][host]") {
