@@ -483,11 +483,20 @@ class Workspace {
 
   // handOver gives the tree to the unprivileged user, so the host's own
   // permissions would allow everything the tests try: only guard refuses.
+  // handOver gives the user what is not theirs yet below the base (a chown
+  // of what already is would change its ctime, which snapshots compare).
   void handOver(const UnprivUser& u) const {
+    auto give = [&](const fs::path& p) {
+      struct stat st {};
+      REQUIRE(lstat(p.c_str(), &st) == 0);
+      if (st.st_uid != u.uid || st.st_gid != u.gid) {
+        REQUIRE(lchown(p.c_str(), u.uid, u.gid) == 0);
+      }
+    };
     for (auto& e : fs::recursive_directory_iterator(base)) {
-      REQUIRE(lchown(e.path().c_str(), u.uid, u.gid) == 0);
+      give(e.path());
     }
-    REQUIRE(chown(base.c_str(), u.uid, u.gid) == 0);
+    give(base);
   }
 
   // helper copies helper NAME into bin/ and returns its path there, or ""
@@ -569,9 +578,15 @@ class Workspace {
     if (as_ == As::kVm) {
       vo.timeout_ms = std::max(o.timeout_ms, 180000);  // a boot under TCG emulation
     }
+    if (as_ == As::kUnprivileged) {
+      handOver(unpriv_);  // what the test made since is the user's too
+    }
     return runChild(argv(cmd), project, env(), vo);
   }
   void start(Child* c, const std::string& script, const RunOptions& o = {}) const {
+    if (as_ == As::kUnprivileged) {
+      handOver(unpriv_);
+    }
     c->start(argv({"sh", "-c", script}), project, env(), o);
   }
 
@@ -1035,8 +1050,11 @@ TEST_CASE("host: a hard link the host makes during the session does not reveal a
   checkLateHardLink(w);
 }
 
-void checkHiddenViaDotDot(As as) {
+void checkHiddenViaDotDot(As as, const UnprivUser& u = {}) {
   Workspace w(as);
+  if (as == As::kUnprivileged) {
+    w.setUnpriv(u);
+  }
   std::string rel = fs::path(w.secretKey()).lexically_relative(w.project).string();
   Run r = w.guard(
       "cat ../secret/key >> loot 2>&1\n"
@@ -1095,8 +1113,11 @@ TEST_CASE("host: /proc/self/root and /proc/1/root do not reach a hidden file",
 // VM mode the guest kernel is the agent's own and allows them: the verdict
 // there is the evidence from outside alone (no secret in the output or the
 // project), which holds in both modes.
-void checkFileHandles(As as) {
+void checkFileHandles(As as, const UnprivUser& u = {}) {
   Workspace w(as);
+  if (as == As::kUnprivileged) {
+    w.setUnpriv(u);
+  }
   std::string h = w.helper("fhandle");
   if (h.empty()) {
     GUARD_SKIP("the fhandle helper is neither built nor compilable");
@@ -1136,8 +1157,11 @@ TEST_CASE("host: openat2 with any RESOLVE flag cannot open a hidden file", "[int
   checkOpenat2(As::kCaller);
 }
 
-void checkIoUring(As as) {
+void checkIoUring(As as, const UnprivUser& u = {}) {
   Workspace w(as);
+  if (as == As::kUnprivileged) {
+    w.setUnpriv(u);
+  }
   std::string h = w.helper("iouring");
   if (h.empty()) {
     GUARD_SKIP("the iouring helper is neither built nor compilable");
@@ -1154,8 +1178,11 @@ TEST_CASE("host: io_uring is refused inside the session", "[integration][host]")
   checkIoUring(As::kCaller);
 }
 
-void checkRawSyscalls(As as) {
+void checkRawSyscalls(As as, const UnprivUser& u = {}) {
   Workspace w(as);
+  if (as == As::kUnprivileged) {
+    w.setUnpriv(u);
+  }
   std::string h = w.helper("rawsys");
   if (h.empty()) {
     GUARD_SKIP("the static rawsys helper is neither built nor compilable (libc.a?)");
@@ -1176,8 +1203,11 @@ TEST_CASE("host: a static binary's raw open, openat and getdents64 do not see a 
   checkRawSyscalls(As::kCaller);
 }
 
-void checkLateGlobMatches(As as) {
+void checkLateGlobMatches(As as, const UnprivUser& u = {}) {
   Workspace w(as);
+  if (as == As::kUnprivileged) {
+    w.setUnpriv(u);
+  }
   fs::create_directories(w.at("sub"));
   Child c;
   w.start(&c,
@@ -1210,8 +1240,11 @@ TEST_CASE("host: .env and *.pem files the host creates during the session stay h
   checkLateGlobMatches(As::kCaller);
 }
 
-void checkNoHiddenNames(As as) {
+void checkNoHiddenNames(As as, const UnprivUser& u = {}) {
   Workspace w(as);
+  if (as == As::kUnprivileged) {
+    w.setUnpriv(u);
+  }
   Run r = w.guard(
       "mkdir -p d\n"
       "echo agent > .env\n"
@@ -1334,8 +1367,11 @@ TEST_CASE("host: read-only files and directories refuse every change", "[integra
   checkReadOnly(As::kCaller, {}, {});
 }
 
-void checkRenameAboveReadOnly(As as) {
+void checkRenameAboveReadOnly(As as, const UnprivUser& u = {}) {
   Workspace w(as);
+  if (as == As::kUnprivileged) {
+    w.setUnpriv(u);
+  }
   // The shape of the default policy's "{project}/.git/hooks".
   w.writePolicy(
       "    - id: host-test.project-readonly\n"
@@ -1363,8 +1399,11 @@ TEST_CASE("host: renaming a directory above a read-only path does not make it wr
   checkRenameAboveReadOnly(As::kCaller);
 }
 
-void checkRenameAboveHidden(As as) {
+void checkRenameAboveHidden(As as, const UnprivUser& u = {}) {
   Workspace w(as);
+  if (as == As::kUnprivileged) {
+    w.setUnpriv(u);
+  }
   w.writePolicy(
       "    - id: host-test.project-hidden\n"
       "      hidden: [\"{project}/conf/secret.txt\"]\n");
@@ -1386,13 +1425,16 @@ TEST_CASE("host: renaming a directory above a hidden path does not reveal it",
   checkRenameAboveHidden(As::kCaller);
 }
 
-void checkExchangeAboveProtected(As as) {
+void checkExchangeAboveProtected(As as, const UnprivUser& u = {}) {
   // renameat2(RENAME_EXCHANGE) moves both objects: a plain file swapped with
   // a directory carries the directory to the file's name, away from the
   // rules on the paths below it, unless the view judges both moves. The
   // directory is named etc, so that a view which lost track of where it
   // went and judged it as /etc would show what is below it.
   Workspace w(as);
+  if (as == As::kUnprivileged) {
+    w.setUnpriv(u);
+  }
   w.writePolicy(
       "    - id: host-test.project-hidden\n"
       "      hidden: [\"{project}/etc/secret.txt\"]\n"
@@ -1940,6 +1982,51 @@ TEST_CASE("host (unprivileged): read-only files refuse rename and truncate",
   }
   checkReadOnly(As::kUnprivileged, u,
                 {"rename over", "rename away", "truncate -s0", "O_TRUNC", "append"});
+}
+
+TEST_CASE("host (unprivileged): hidden files stay hidden via .. and file handles",
+          "[integration][host]") {
+  UnprivUser u;
+  std::string why = ensureUnprivUser(&u);
+  if (!why.empty()) {
+    GUARD_SKIP(why);
+  }
+  checkHiddenViaDotDot(As::kUnprivileged, u);
+  checkFileHandles(As::kUnprivileged, u);
+}
+
+TEST_CASE("host (unprivileged): io_uring and raw system calls reach nothing hidden",
+          "[integration][host]") {
+  UnprivUser u;
+  std::string why = ensureUnprivUser(&u);
+  if (!why.empty()) {
+    GUARD_SKIP(why);
+  }
+  checkIoUring(As::kUnprivileged, u);
+  checkRawSyscalls(As::kUnprivileged, u);
+}
+
+TEST_CASE("host (unprivileged): files matching a hiding glob late, and hidden names, stay hidden",
+          "[integration][host]") {
+  UnprivUser u;
+  std::string why = ensureUnprivUser(&u);
+  if (!why.empty()) {
+    GUARD_SKIP(why);
+  }
+  checkLateGlobMatches(As::kUnprivileged, u);
+  checkNoHiddenNames(As::kUnprivileged, u);
+}
+
+TEST_CASE("host (unprivileged): renaming or exchanging a directory above protected paths changes nothing",
+          "[integration][host]") {
+  UnprivUser u;
+  std::string why = ensureUnprivUser(&u);
+  if (!why.empty()) {
+    GUARD_SKIP(why);
+  }
+  checkRenameAboveReadOnly(As::kUnprivileged, u);
+  checkRenameAboveHidden(As::kUnprivileged, u);
+  checkExchangeAboveProtected(As::kUnprivileged, u);
 }
 
 TEST_CASE("host (unprivileged): mount and new namespaces are refused", "[integration][host]") {
