@@ -10,9 +10,10 @@
 //
 // Trust: everything inside the guest belongs to the agent (it runs as the
 // guest's root). What guards the host is outside: the view enforces the
-// policy on every file operation, and the VM has no other device to reach
-// the host with (no network device in this version). A hostile agent can at
-// most forge its own output and exit status on the control port.
+// policy on every file operation, and the VM's one network device is a tap
+// in a network namespace of guard's where only the proxy and the DNS
+// responder answer. A hostile agent can at most forge its own output and
+// exit status on the control port.
 #include <errno.h>
 #include <fcntl.h>
 #include <arpa/inet.h>
@@ -588,11 +589,21 @@ class Relay {
   void readOutput(Stream* s);
   void reapChildren();
   void closeStdin();
+  // ackStdin counts N stdin bytes gone from the buffer and tells the host
+  // every 64 KiB, or at once when FLUSH (the buffer emptied).
+  void ackStdin(size_t n, bool flush) {
+    stdin_done_ += n;
+    if (stdin_done_ >= (64u << 10) || (flush && stdin_done_ > 0)) {
+      wire::appendFrame(&out_, Frame::kStdinAck, wire::le32(static_cast<uint32_t>(stdin_done_)));
+      stdin_done_ = 0;
+    }
+  }
 
   Io io_;
   std::string in_;         // bytes read from the control port, not yet parsed
   std::string out_;        // frames for the control port
   std::string stdin_buf_;  // bytes for the command's stdin
+  size_t stdin_done_ = 0;  // stdin bytes written or dropped, not yet acknowledged
   bool stdin_eof_ = false;
   bool ctl_eof_ = false;
   pid_t child_;
@@ -659,6 +670,7 @@ void Relay::closeStdin() {
     close(io_.stdin_fd);
   }
   io_.stdin_fd = -1;
+  ackStdin(stdin_buf_.size(), true);
   stdin_buf_.clear();
 }
 
@@ -679,6 +691,8 @@ void Relay::handleFrames() {
           stdin_eof_ = true;
         } else if (io_.stdin_fd >= 0) {
           stdin_buf_ += payload;
+        } else {
+          ackStdin(payload.size(), true);  // the command closed its stdin: dropped
         }
         break;
       case Frame::kWinsize:
@@ -740,6 +754,7 @@ void Relay::handleFrames() {
       case Frame::kExit:
       case Frame::kError:
       case Frame::kMcpAsk:
+      case Frame::kStdinAck:
         break;
     }
   }
@@ -938,6 +953,7 @@ int Relay::run() {
       ssize_t n = write(io_.stdin_fd, stdin_buf_.data(), stdin_buf_.size());
       if (n > 0) {
         stdin_buf_.erase(0, static_cast<size_t>(n));
+        ackStdin(static_cast<size_t>(n), stdin_buf_.empty());
       } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
         closeStdin();  // the command closed its stdin
       }
@@ -976,6 +992,7 @@ int main() {
   loadModules();
   g_ctl = openControlPort();
   sendFrame(Frame::kHello, "");
+  sendFrame(Frame::kStdinAck, wire::le32(0));  // this guest acknowledges stdin
 
   std::string pending;
   Spec spec = readSpec(&pending);

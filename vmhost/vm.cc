@@ -600,6 +600,8 @@ class Session {
   std::string out_;  // frames for the control port
   std::vector<wire::McpChannel> mcp_;  // approved MCP servers of the guest, wrapped here
   bool stdin_open_ = true;
+  bool stdin_acked_ = false;   // the guest acknowledges stdin (kStdinAck)
+  size_t stdin_unacked_ = 0;   // stdin bytes sent and not yet acknowledged
   bool output_open_[3] = {false, true, true};
   bool hello_ = false;
   bool started_ = false;
@@ -648,10 +650,15 @@ Error Session::start() {
   std::string initramfs = dir + "/" + kInitramfs;
   for (const std::string& f : {kernel, initramfs}) {
     if (access(f.c_str(), R_OK) != 0) {
+      // The guest init is built next to guard; the script is in guard's
+      // source tree (make vm-image runs it for build/).
+      std::string exe_dir = vmImageDir(true);
       return Error(ErrorCode::kNotFound,
                    "the VM's guest kernel or initramfs is missing (" + f +
-                       "): run scripts/vm-prepare.sh (it takes Debian's cloud kernel with apt-get "
-                       "download and builds the initramfs; GUARD_VM_DIR chooses the folder)");
+                       "); make them, from guard's source tree, with:\n  GUARD_VM_DIR=" + dir +
+                       " scripts/vm-prepare.sh --init " + exe_dir + "/guard-vm-init\n"
+                       "(it takes Debian's cloud kernel with apt-get download, never installs "
+                       "it, and builds the initramfs)");
     }
   }
   std::string qemu = findInPath(kQemu);
@@ -953,6 +960,12 @@ Error Session::handleFrames() {
           wire::appendFrame(&out_, Frame::kMcpAnswer, payload.substr(0, 4) + answer);
         }
         break;
+      case Frame::kStdinAck:
+        if (payload.size() == 4) {
+          stdin_acked_ = true;
+          stdin_unacked_ -= std::min<size_t>(stdin_unacked_, wire::getLe32(payload.data()));
+        }
+        break;
       case Frame::kMcpData:
         if (payload.size() >= 4) {
           uint32_t id = wire::getLe32(payload.data());
@@ -1076,7 +1089,9 @@ Error Session::loop() {
     };
     size_t i_sig = add(signals.fd(), POLLIN);
     size_t i_ctl = add(ctl_.get(), static_cast<short>(POLLIN | (out_.empty() ? 0 : POLLOUT)));
-    size_t i_in = add(stdin_open_ && out_.size() < kStdinHighWater ? 0 : -1, POLLIN);
+    bool window_open = !stdin_acked_ || stdin_unacked_ < wire::kStdinWindow;
+    size_t i_in =
+        add(stdin_open_ && window_open && out_.size() < kStdinHighWater ? 0 : -1, POLLIN);
     size_t i_con = add(console_.get(), POLLIN);
     size_t i_diag = add(diag_.get(), POLLIN);
     size_t i_qemu = add(qemu_.pidfd.get(), POLLIN);
@@ -1167,6 +1182,7 @@ Error Session::loop() {
       ssize_t n = (pfds[i_in].revents & POLLNVAL) ? 0 : read(0, buf, sizeof(buf));
       if (n > 0) {
         wire::appendFrame(&out_, Frame::kStdin, std::string_view(buf, static_cast<size_t>(n)));
+        stdin_unacked_ += static_cast<size_t>(n);
       } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
         stdin_open_ = false;
         wire::appendFrame(&out_, Frame::kStdin, "");
@@ -1221,9 +1237,9 @@ Result<int> Session::run() {
 
 }  // namespace
 
-std::string vmImageDir() {
+std::string vmImageDir(bool exe_dir) {
   const char* env = getenv("GUARD_VM_DIR");
-  if (env != nullptr && env[0] != '\0') {
+  if (!exe_dir && env != nullptr && env[0] != '\0') {
     return env;
   }
   char exe[PATH_MAX];
@@ -1231,7 +1247,7 @@ std::string vmImageDir() {
   std::string dir = n > 0 ? std::string(exe, static_cast<size_t>(n)) : std::string();
   size_t slash = dir.rfind('/');
   dir = slash == std::string::npos ? "." : dir.substr(0, slash);
-  return dir + "/vm";
+  return exe_dir ? dir : dir + "/vm";
 }
 
 bool kvmUsable(std::string* reason) {

@@ -44,7 +44,9 @@ struct VmSpec {
 // vmImageDir is where guard looks for the guest kernel and initramfs:
 // $GUARD_VM_DIR, else the `vm` folder next to the guard binary (build/vm,
 // where scripts/vm-prepare.sh puts them by default).
-std::string vmImageDir();
+// With EXE_DIR, the folder of guard's own executable instead (where the
+// guest init is built).
+std::string vmImageDir(bool exe_dir = false);
 
 // runVm boots the VM, runs SPEC's command in it with the caller's stdin,
 // stdout and stderr passed through (a terminal is put in raw mode and the

@@ -59,10 +59,17 @@ enum class Frame : uint8_t {
   kError = 21,    // a setup error, one line of text; the guest powers off after it
   kMcpAsk = 22,   // 4 bytes: an id, then one request of the guest's preload shim
                   // (policy/wire.h, without its descriptors), for the host to answer
+  kStdinAck = 23,  // 4 bytes: this many more stdin bytes left the guest's buffer (written
+                   // to the command, or dropped). Sent once with 0 after kHello: the host
+                   // then keeps at most kStdinWindow unacknowledged bytes in flight, so
+                   // the guest never stops reading the port and signals never wait
+                   // behind stdin.
   // both ways
   kMcpData = 30,  // 4 bytes: the id of a kMcpAsk answered "W", 1 byte: the end ('c' the
                   // client's stdio, 's' the server's), then bytes for that end; empty: EOF
 };
+
+inline constexpr size_t kStdinWindow = 1u << 20;
 
 // writeAll writes N bytes of P to FD, waiting while a non-blocking FD is
 // full; false when the peer is gone. Both ends of the control port use it.
@@ -90,6 +97,12 @@ inline void putLe32(std::string* out, uint32_t v) {
   for (int i = 0; i < 4; ++i) {
     out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
   }
+}
+
+inline std::string le32(uint32_t v) {
+  std::string s;
+  putLe32(&s, v);
+  return s;
 }
 
 inline uint32_t getLe32(const char* p) {

@@ -385,8 +385,8 @@ void checkCredentials(Net& n) {
       "EOF\n"
       // The placeholder as a label of a name a wildcard rule allows, through
       // the explicit proxy: CONNECT, and an absolute URL.
-      "curl -sS --max-time 5 -k --proxy http://127.0.0.1:15001 https://$TEST_TOKEN.wild.test:$P/; "
-      "curl -sS --max-time 5 --proxy http://127.0.0.1:15001 http://$TEST_TOKEN.wild.test:$H/; true");
+      "curl -sS --max-time 5 -k --proxy \"$HTTPS_PROXY\" https://$TEST_TOKEN.wild.test:$P/; "
+      "curl -sS --max-time 5 --proxy \"$HTTP_PROXY\" http://$TEST_TOKEN.wild.test:$H/; true");
   INFO(r.out << r.err);
   CHECK(r.status == 0);
   // The agent never saw the value, not even echoed back by the server.

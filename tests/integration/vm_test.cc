@@ -224,6 +224,69 @@ TEST_CASE("vm: the command runs in the view with the policy's environment and it
   CHECK(ended);
 }
 
+TEST_CASE("vm: a signal reaches the command while megabytes of its stdin wait unread",
+          "[integration][vm]") {
+  // Stdin and signals share the control port. The command never reads its
+  // 16 MiB of stdin; SIGTERM sent to guard must still reach it at once.
+  GUARD_VM_REQUIRE();
+  VmWorkspace w;
+  std::string input = w.base + "/stdin.bin";
+  {
+    std::ofstream f(input, std::ios::binary);
+    std::string mib(1u << 20, 'x');
+    for (int i = 0; i < 16; ++i) {
+      f << mib;
+    }
+  }
+  std::vector<std::string> argv = w.argv(
+      {"sh", "-c", "trap 'echo got > got-term; exit 3' TERM\ntouch ready\nwhile :; do sleep 0.2; done"});
+  std::vector<std::string> env = w.env();
+  std::vector<char*> args;
+  for (const std::string& a : argv) {
+    args.push_back(const_cast<char*>(a.c_str()));
+  }
+  args.push_back(nullptr);
+  std::vector<char*> envp;
+  for (const std::string& e : env) {
+    envp.push_back(const_cast<char*>(e.c_str()));
+  }
+  envp.push_back(nullptr);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    int in = open(input.c_str(), O_RDONLY);
+    int null = open("/dev/null", O_WRONLY);
+    if (in < 0 || null < 0 || dup2(in, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0 ||
+        chdir(w.project.c_str()) != 0) {
+      _exit(126);
+    }
+    execve(args[0], args.data(), envp.data());
+    _exit(127);
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kTimeoutMs);
+  while (!fs::exists(w.project + "/ready") && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  bool ready = fs::exists(w.project + "/ready");
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // stdin fills every buffer on the way
+  kill(pid, SIGTERM);
+  int status = 0;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  pid_t got = 0;
+  while ((got = waitpid(pid, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (got == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  CHECK(ready);
+  CHECK(got == pid);  // ended by the relayed signal, not by our SIGKILL
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 3);
+  CHECK(readFile(w.project + "/got-term") == "got\n");
+}
+
 TEST_CASE("vm: on a terminal the command gets one, and Ctrl-C reaches it, not QEMU",
           "[integration][vm]") {
   GUARD_VM_REQUIRE();
