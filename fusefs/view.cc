@@ -1433,8 +1433,9 @@ std::vector<Bind> planBinds(const policy::Policy& policy, const ViewOptions& opt
 
 void View::scanHiddenByGlob() {
   // Files hidden by a glob (**/.env) can sit anywhere visible. Walk the
-  // visible literal roots, read-write first, and record every hidden file
-  // that has other names. Lookups of multiply-linked files wait for this.
+  // visible literal roots, read-write first, and record every hidden file,
+  // so that a name it has or gets elsewhere is hidden too. Lookups of
+  // multiply-linked files wait for this.
   bool any_glob = false;
   for (const auto& pp : policy_.pathPrefixes()) {
     any_glob = any_glob || (pp.access == Access::kHidden && pp.glob);
@@ -1484,9 +1485,10 @@ void View::scanHiddenByGlob() {
         if (policy_.file(path, FileOp::kRead).access != Access::kHidden) {
           continue;
         }
+        // Every one, not only those with other names yet: the host may link
+        // one elsewhere during the session.
         struct stat st {};
-        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
-            st.st_nlink > 1) {
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)) {
           noteHidden(st.st_dev, st.st_ino);
         }
       }

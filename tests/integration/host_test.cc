@@ -1022,7 +1022,8 @@ TEST_CASE("host: symlinks and a hard link made on the host or inside do not reve
 // project while the host makes it, mid-session, a hard link to the hidden
 // key: no read may show the key. The agent first saves its mount table to
 // "mounts" in the project.
-void checkLateHardLink(Workspace& w) {
+void checkLateHardLink(Workspace& w, const std::string& hidden = "") {
+  const std::string target = hidden.empty() ? w.secretKey() : hidden;
   Child c;
   w.start(&c,
           "cat /proc/self/mountinfo > mounts\n"
@@ -1035,7 +1036,7 @@ void checkLateHardLink(Workspace& w) {
           "done\n"
           "cat late-link\n");
   REQUIRE(waitFor(w.at("ready")));
-  REQUIRE(link(w.secretKey().c_str(), w.at("late-link").c_str()) == 0);
+  REQUIRE(link(target.c_str(), w.at("late-link").c_str()) == 0);
   w.plant(w.at("late-link"));
   sleepMs(1500);  // past the kernel's one-second entry cache, many tries
   writeText(w.at("stop"), "");
@@ -1048,6 +1049,16 @@ TEST_CASE("host: a hard link the host makes during the session does not reveal a
           "[integration][host]") {
   Workspace w;
   checkLateHardLink(w);
+}
+
+TEST_CASE("host: a hard link the host makes during the session to a **/.env file does not reveal it",
+          "[integration][host]") {
+  // The .env file has one name when the session starts; the glob hides it,
+  // and the link gets a second name that no rule hides.
+  Workspace w;
+  writeText(w.at(".env"), std::string(kSecret) + "\n");
+  w.plant(w.at(".env"));
+  checkLateHardLink(w, w.at(".env"));
 }
 
 void checkHiddenViaDotDot(As as, const UnprivUser& u = {}) {
