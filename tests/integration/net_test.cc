@@ -48,7 +48,7 @@ constexpr int kVmTimeoutMs = 180000;  // a TCG boot and a few TLS handshakes und
 
 // Net is one fixture plus a project directory and the policy for it.
 struct Net {
-  TestNet net{sites()};
+  TestNet net{sites(), {"--cname", "www.wild.test=allowed.test"}};
   std::string project = net.dir() + "/project";
   std::string policy = net.dir() + "/policy.yaml";
   std::string audit = net.dir() + "/audit.jsonl";
@@ -290,6 +290,39 @@ void checkAddresses(Net& n) {
   CHECK(std::any_of(packets.begin(), packets.end(), [](const nlohmann::json& e) {
     return e.value("target", "") == "udp 192.0.2.10:9" && e.value("decision", "") == "deny";
   }));
+}
+
+TEST_CASE("DNS: port 53 at any address is guard's responder, over UDP and TCP; CNAME chains resolve",
+          "[integration][net][adversarial]") {
+  // www.wild.test (allowed by *.wild.test) is an alias of allowed.test at
+  // the test's upstream. Queries go to an outside address, over UDP and
+  // TCP: only guard's responder can answer them, and it sends no query for
+  // a denied name anywhere.
+  GUARD_NET_READY();
+  Net n;
+  Run r = n.run(
+      "dig +time=3 +tries=1 @192.0.2.53 www.wild.test A > udp.txt; "
+      "dig +tcp +time=3 +tries=1 @192.0.2.53 www.wild.test A > tcp.txt; "
+      "dig +time=3 +tries=1 @192.0.2.53 udp-canary.forbidden.test A > deny-udp.txt; "
+      "dig +tcp +time=3 +tries=1 @192.0.2.53 tcp-canary.forbidden.test A > deny-tcp.txt; "
+      "curl --noproxy '*' -sS --max-time 5 http://www.wild.test:$H/?via=cname; true");
+  INFO(r.out << r.err);
+  CHECK(r.status == 0);
+  for (const char* f : {"udp.txt", "tcp.txt"}) {
+    std::string out = readFile(n.project + "/" + f);
+    INFO(f << ":\n" << out);
+    CHECK(has(out, "status: NOERROR"));
+    CHECK(has(out, "ANSWER SECTION"));
+  }
+  for (const char* f : {"deny-udp.txt", "deny-tcp.txt"}) {
+    std::string out = readFile(n.project + "/" + f);
+    INFO(f << ":\n" << out);
+    CHECK((has(out, "status: REFUSED") || has(out, "status: NXDOMAIN")));
+  }
+  CHECK(n.net.waitAccessLog("allowed.test", "via=cname"));
+  std::string dns = n.net.dnsLog();
+  CHECK(has(dns, "www.wild.test"));  // the allowed alias was resolved upstream
+  CHECK_FALSE(has(dns, "canary"));
 }
 
 TEST_CASE("addresses instead of names, UDP, raw sockets and a static binary reach nothing",
