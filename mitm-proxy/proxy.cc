@@ -388,6 +388,9 @@ struct Conn {
   bool destroyed = false;  // closed; freed once the current batch of events is done
   bool close_after_flush = false;
   bool refused = false;  // refuse() ended the exchange: only its page is still flushed
+  // A captured connection the policy denies: answered with this 403 page if
+  // its first bytes are HTTP, else reset (no upstream is ever contacted).
+  std::string denied_page;
 
   std::string name;       // the domain the connection is for (may be empty)
   policy::IpAddr ip;      // the destination address when the agent named one
@@ -1225,6 +1228,7 @@ void Proxy::startConn(Conn* c) {
   c->ip = ipOf(orig);
   c->port = portOf(orig);
   std::string name;
+  bool allowed = false;
   if (unsynthesize(c->ip, &name)) {
     if (name.empty()) {
       c->peer = addrText(orig) + ":" + std::to_string(c->port);
@@ -1232,10 +1236,14 @@ void Proxy::startConn(Conn* c) {
       return;
     }
     c->ip_known = false;
-    decide(c, name, nullptr, "dns");
+    allowed = decide(c, name, nullptr, "dns");
   } else {
     c->ip_known = true;
-    decide(c, "", &c->ip, "address");
+    allowed = decide(c, "", &c->ip, "address");
+  }
+  if (!c->dead && !allowed) {
+    c->phase = Phase::kClassify;  // to answer with a 403 page or a reset
+    return;
   }
   if (!c->dead) {
     c->phase = Phase::kClassify;
@@ -1283,8 +1291,13 @@ bool Proxy::decide(Conn* c, const std::string& name, const policy::IpAddr* ip, c
   }
   if (!v.allowed()) {
     auditConn(c, "deny", &v, "", {{"via", via}});
-    refuse(c, 403, "guard: connection to " + c->peer + " denied by rule " + std::string(v.rule.id) +
-                       " (" + v.rule.source() + ")");
+    std::string why = "guard: connection to " + c->peer + " denied by rule " +
+                      std::string(v.rule.id) + " (" + v.rule.source() + ")";
+    if (c->phase == Phase::kExplicit) {
+      refuse(c, 403, why);
+    } else {
+      c->denied_page = why;  // a captured connection: its first bytes say how to answer
+    }
     return false;
   }
   auditConn(c, policy::decisionName(v.decision), &v, "",
@@ -1898,6 +1911,10 @@ bool Proxy::stepClassify(Conn* c) {
     refuse(c, 0, "malformed ClientHello");
     return true;
   }
+  if (h == HelloParse::kOk && !c->denied_page.empty()) {
+    refuse(c, 0, "denied");  // TLS: no page can reach the agent, only the reset
+    return true;
+  }
   if (h == HelloParse::kOk) {
     // The name in the ClientHello must be the name the connection was
     // decided for (DNS answer or CONNECT): otherwise it is domain fronting.
@@ -1967,6 +1984,13 @@ bool Proxy::stepClassify(Conn* c) {
     return progress;
   }
   http = http || !decided;
+  if (!c->denied_page.empty()) {
+    // Denied when it was captured (and audited then): an HTTP client gets a
+    // page naming the rule, anything else a reset.
+    c->phase = http ? Phase::kHttp : c->phase;
+    refuse(c, http ? 403 : 0, c->denied_page);
+    return true;
+  }
   c->established = true;
   if (c->up_state == Up::kIdle) {
     startUpstream(c);
@@ -2079,7 +2103,8 @@ bool Proxy::requestFilter(Conn* c) {
                                                 : p_.connect(host, &c->ip, c->port);
       if (!v.allowed()) {
         audit("http", url, "deny", &v, "the Host header names " + host + ", which is not allowed", details);
-        refuse(c, 403, "guard: " + host + " is not allowed");
+        refuse(c, 403, "guard: " + host + " is not allowed: denied by rule " +
+                           std::string(v.rule.id) + " (" + v.rule.source() + ")");
         return true;
       }
       c->name = host;

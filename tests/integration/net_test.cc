@@ -272,6 +272,10 @@ void checkAddresses(Net& n) {
     CHECK_FALSE(has(log, via));
   }
   CHECK_FALSE(has(n.net.dnsLog(), "udp-canary"));
+  // A captured plain-HTTP request to a denied address gets a page naming
+  // the rule (TLS gets a reset: no page can reach it).
+  CHECK(has(r.out, "guard: connection to 192.0.2.10:" + std::to_string(n.net.httpPort("allowed.test")) +
+                       " denied by rule policy.network.default"));
   if (!vm) {
     CHECK_FALSE(has(r.out, "RAW-SOCKET-OPENED"));
     CHECK_FALSE(has(r.out, "UDP-OUT-SENT"));
