@@ -411,6 +411,7 @@ struct Conn {
   Body req_body;
   Body resp_body;
   std::deque<std::string> methods;
+  std::deque<Clock::time_point> sent_at;  // when each request's head went out (--record)
   // MCP over HTTP: for each request awaiting its response, the policy's
   // server governing it ("" for none); the server whose event stream is
   // being filtered, with the events not yet complete.
@@ -498,6 +499,10 @@ class Proxy {
   void auditConn(Conn* c, const std::string& decision, const Verdict* v, const std::string& reason,
                  nlohmann::json details = nlohmann::json::object());
   void record(nlohmann::json flow);
+  // recordHeaders is HEAD's headers for --record, [name, value] each, with
+  // the values of credential-bearing headers (Authorization, Cookie, ...)
+  // and of any that holds a secret replaced.
+  nlohmann::json recordHeaders(const HttpHead& head) const;
 
   const policy::Policy& p_;
   policy::AuditSink* sink_;
@@ -741,6 +746,20 @@ void Proxy::audit(const char* action, const std::string& target, const std::stri
   }
   e.pid = pid_;
   details["mode"] = o_.mode;
+  // A refused request or exfiltration attempt is a flow too: --record gets
+  // it with the audit's target (which never holds a secret) and reason.
+  if (record_ != nullptr && decision == "deny" &&
+      (strcmp(action, "http") == 0 || strcmp(action, "exfiltration") == 0)) {
+    bool http = strcmp(action, "http") == 0;
+    nlohmann::json flow = {{"event", action}, {http ? "url" : "target", target},
+                           {"decision", decision}, {"rule", e.rule.id}, {"reason", e.reason}};
+    for (const char* key : {"conn", "method", "credential"}) {
+      if (details.contains(key)) {
+        flow[key] = details[key];
+      }
+    }
+    record(std::move(flow));
+  }
   e.details = std::move(details);
   sink_->emit(std::move(e));
 }
@@ -776,6 +795,23 @@ void Proxy::record(nlohmann::json flow) {
   std::string line = flow.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   fwrite(line.data(), 1, line.size(), record_);
   fflush(record_);
+}
+
+nlohmann::json Proxy::recordHeaders(const HttpHead& head) const {
+  nlohmann::json out = nlohmann::json::array();
+  for (const HttpHeader& h : head.headers) {
+    std::string value = h.value;
+    for (const char* name : {"authorization", "proxy-authorization", "cookie", "set-cookie"}) {
+      if (strcasecmp(h.name.c_str(), name) == 0) {
+        value = "[redacted]";
+      }
+    }
+    if (auto hit = scanner_.find(value, 0)) {
+      value = "[redacted: credential " + o_.secrets[hit->secret].name + "]";
+    }
+    out.push_back({h.name, value});
+  }
+  return out;
 }
 
 // ---- DNS ----
@@ -1478,7 +1514,9 @@ void Proxy::destroy(Conn* c) {
   c->dead = true;
   if (record_ != nullptr && (c->requests > 0 || c->bytes_up > 0 || c->bytes_down > 0)) {
     record({{"event", "close"}, {"conn", c->id}, {"target", c->peer}, {"requests", c->requests},
-            {"bytes_up", c->bytes_up}, {"bytes_down", c->bytes_down}});
+            {"bytes_up", c->bytes_up}, {"bytes_down", c->bytes_down},
+            {"ms", std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - c->created)
+                       .count()}});
   }
   for (Side* s : {&c->down, &c->up}) {
     if (s->fd >= 0) {
@@ -2184,9 +2222,11 @@ bool Proxy::requestFilter(Conn* c) {
     audit("http", url, "allow", nullptr, "", std::move(details));
     if (record_ != nullptr) {
       record({{"event", "http"}, {"conn", c->id}, {"url", url}, {"method", head.method},
-              {"credentials", injected}});
+              {"credentials", injected}, {"decision", "allow"}, {"rule", c->rule_id},
+              {"headers", recordHeaders(head)}});
     }
     c->methods.push_back(head.method);
+    c->sent_at.push_back(Clock::now());
     down->in.erase(0, len);
     if (!sendTo(c, up, head.serialize())) {
       return true;
@@ -2413,6 +2453,16 @@ bool Proxy::responseFilter(Conn* c) {
     }
     std::string method = std::move(c->methods.front());
     c->methods.pop_front();
+    if (!c->sent_at.empty()) {
+      if (record_ != nullptr) {
+        record({{"event", "response"}, {"conn", c->id}, {"status", head.status},
+                {"headers", recordHeaders(head)},
+                {"ms", std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() -
+                                                                             c->sent_at.front())
+                           .count()}});
+      }
+      c->sent_at.pop_front();
+    }
     if (!c->mcp.empty()) {
       c->mcp.pop_front();
     }

@@ -28,6 +28,17 @@ namespace fs = std::filesystem;
 constexpr char kToken[] = "GUARD-REAL-TOKEN-7f3a91c2e5d84b06a1";
 constexpr char kPath[] = "/usr/local/bin:/usr/bin:/bin";
 
+std::vector<std::string> lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);) {
+    if (!l.empty()) {
+      out.push_back(l);
+    }
+  }
+  return out;
+}
+
 bool has(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
@@ -161,6 +172,25 @@ TEST_CASE("allowed names work through the proxy for curl, python, node and git",
   CHECK(has(flows, "\"event\":\"dns\""));
   CHECK(has(flows, "\"event\":\"connect\""));
   CHECK(has(flows, "\"event\":\"http\""));
+  // Each request: its decision, rule and headers; each response: its status
+  // and how long it took.
+  bool request = false;
+  bool response = false;
+  for (const std::string& l : lines(flows)) {
+    auto f = nlohmann::json::parse(l, nullptr, false);
+    REQUIRE_FALSE(f.is_discarded());
+    if (f.value("event", "") == "http" && has(f.value("url", ""), "inspect.test") &&
+        f.value("decision", "") == "allow" && f.value("rule", "") == "t.inspect" &&
+        f["headers"].is_array() && !f["headers"].empty()) {
+      request = true;
+    }
+    if (f.value("event", "") == "response" && f.value("status", 0) == 200 && f.contains("ms") &&
+        f["headers"].is_array()) {
+      response = true;
+    }
+  }
+  CHECK(request);
+  CHECK(response);
   // Replayed under a policy without inspect.test, its flows change decision.
   std::string strict = n.net.dir() + "/strict.yaml";
   std::ofstream(strict) << "version: 1\nnetwork:\n  default: deny\n  rules:\n"
@@ -467,6 +497,13 @@ void checkCredentials(Net& n) {
   seen = seen.substr(0, seen.find('\n'));
   REQUIRE(seen.size() > 16);
   CHECK_FALSE(has(audit, seen.substr(8)));
+  // The capture holds the refused attempts, and no secret either: the
+  // injected header's value is redacted.
+  std::string flows = readFile(n.record);
+  CHECK(has(flows, "\"event\":\"exfiltration\""));
+  CHECK(has(flows, "[redacted: credential token]"));
+  CHECK_FALSE(has(flows, kToken));
+  CHECK_FALSE(has(flows, seen.substr(8)));
 }
 
 TEST_CASE("credentials: the agent holds a placeholder, the destination gets the value",
