@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "tests/testing.h"
+#include "vmhost/vm.h"
 
 namespace guard::testing {
 namespace {
@@ -177,6 +178,14 @@ TEST_CASE("vm: the command runs in the view with the policy's environment and it
   Run r = runFed(w.argv({"sh", "-c", script}), w.project, w.env(), "line one\nline two\n");
   INFO(describe(r));
   CHECK(r.status == 7);
+  // Without KVM guard says so, in exactly one line; with it, not at all.
+  std::string why;
+  size_t warnings = 0;
+  for (size_t at = r.err.find("KVM is not usable"); at != std::string::npos;
+       at = r.err.find("KVM is not usable", at + 1)) {
+    ++warnings;
+  }
+  CHECK(warnings == (vmhost::kvmUsable(&why) ? 0u : 1u));
   CHECK(contains(r.out, w.project + "\n"));
   CHECK(contains(r.out, "set=from-policy\n"));
   CHECK(contains(r.out, "foo=unset\n"));
@@ -294,7 +303,7 @@ TEST_CASE("vm: on a terminal the command gets one, and Ctrl-C reaches it, not QE
   std::vector<std::string> argv =
       w.argv({"sh", "-c",
               "trap 'echo got-sigint; exit 3' INT; test -t 0 && test -t 1 && echo on-a-tty; "
-              "echo ready; while :; do sleep 0.2; done"});
+              "stty size; echo ready; while :; do sleep 0.2; done"});
   std::vector<std::string> env = w.env();
   std::vector<char*> args;
   for (const std::string& a : argv) {
@@ -345,6 +354,7 @@ TEST_CASE("vm: on a terminal the command gets one, and Ctrl-C reaches it, not QE
   close(master);
   INFO(out);
   CHECK(contains(out, "on-a-tty"));
+  CHECK(contains(out, "30 100"));  // the caller's window size
   CHECK(sent);
   CHECK(contains(out, "got-sigint"));
   CHECK(WIFEXITED(status));
