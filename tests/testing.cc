@@ -63,6 +63,15 @@ std::string TempDir::write(const std::string& name, const std::string& text, int
   return p;
 }
 
+std::vector<char*> cStrings(const std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  for (const std::string& v : strings) {
+    out.push_back(const_cast<char*>(v.c_str()));
+  }
+  out.push_back(nullptr);
+  return out;
+}
+
 Run runProgram(const std::vector<std::string>& argv, const std::string& cwd,
                const std::vector<std::string>& env, int timeout_ms, std::string_view input) {
   Run r;
@@ -82,16 +91,8 @@ Run runProgram(const std::vector<std::string>& argv, const std::string& cwd,
     if (!cwd.empty() && chdir(cwd.c_str()) != 0) {
       _exit(126);
     }
-    std::vector<char*> args;
-    for (const std::string& a : argv) {
-      args.push_back(const_cast<char*>(a.c_str()));
-    }
-    args.push_back(nullptr);
-    std::vector<char*> envp;
-    for (const std::string& e : env) {
-      envp.push_back(const_cast<char*>(e.c_str()));
-    }
-    envp.push_back(nullptr);
+    std::vector<char*> args = cStrings(argv);
+    std::vector<char*> envp = cStrings(env);
     if (env.empty()) {
       execvp(args[0], args.data());
     } else {

@@ -35,6 +35,10 @@ class TempDir {
   std::string path_;
 };
 
+// cStrings is STRINGS as the null-terminated char* array execve wants; it
+// points into STRINGS, which must outlive it.
+std::vector<char*> cStrings(const std::vector<std::string>& strings);
+
 // Run is what runProgram reports: exit status (128+N for signal N) and output.
 struct Run {
   int status = -1;

@@ -121,16 +121,8 @@ class Child {
   void start(const std::vector<std::string>& argv, const std::string& cwd,
              const std::vector<std::string>& env, const RunOptions& o) {
     timeout_ms_ = o.timeout_ms;
-    std::vector<char*> args;
-    for (const std::string& a : argv) {
-      args.push_back(const_cast<char*>(a.c_str()));
-    }
-    args.push_back(nullptr);
-    std::vector<char*> envp;
-    for (const std::string& e : env) {
-      envp.push_back(const_cast<char*>(e.c_str()));
-    }
-    envp.push_back(nullptr);
+    std::vector<char*> args = cStrings(argv);
+    std::vector<char*> envp = cStrings(env);
     int out[2];
     int err[2];
     int in[2] = {-1, -1};
@@ -1580,16 +1572,8 @@ TEST_CASE("host: on a terminal the agent gets one of its size, and Ctrl-C reache
        "echo ready; i=0; while [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done\n"
        "echo done-$n; exit 3"});
   std::vector<std::string> env = w.env();
-  std::vector<char*> args;
-  for (const std::string& a : argv) {
-    args.push_back(const_cast<char*>(a.c_str()));
-  }
-  args.push_back(nullptr);
-  std::vector<char*> envp;
-  for (const std::string& e : env) {
-    envp.push_back(const_cast<char*>(e.c_str()));
-  }
-  envp.push_back(nullptr);
+  std::vector<char*> args = cStrings(argv);
+  std::vector<char*> envp = cStrings(env);
   int master = -1;
   struct winsize ws = {};
   ws.ws_row = 30;

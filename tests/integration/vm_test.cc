@@ -250,16 +250,8 @@ TEST_CASE("vm: a signal reaches the command while megabytes of its stdin wait un
   std::vector<std::string> argv = w.argv(
       {"sh", "-c", "trap 'echo got > got-term; exit 3' TERM\ntouch ready\nwhile :; do sleep 0.2; done"});
   std::vector<std::string> env = w.env();
-  std::vector<char*> args;
-  for (const std::string& a : argv) {
-    args.push_back(const_cast<char*>(a.c_str()));
-  }
-  args.push_back(nullptr);
-  std::vector<char*> envp;
-  for (const std::string& e : env) {
-    envp.push_back(const_cast<char*>(e.c_str()));
-  }
-  envp.push_back(nullptr);
+  std::vector<char*> args = cStrings(argv);
+  std::vector<char*> envp = cStrings(env);
   pid_t pid = fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
@@ -305,16 +297,8 @@ TEST_CASE("vm: on a terminal the command gets one, and Ctrl-C reaches it, not QE
               "trap 'echo got-sigint; exit 3' INT; test -t 0 && test -t 1 && echo on-a-tty; "
               "stty size; echo ready; while :; do sleep 0.2; done"});
   std::vector<std::string> env = w.env();
-  std::vector<char*> args;
-  for (const std::string& a : argv) {
-    args.push_back(const_cast<char*>(a.c_str()));
-  }
-  args.push_back(nullptr);
-  std::vector<char*> envp;
-  for (const std::string& e : env) {
-    envp.push_back(const_cast<char*>(e.c_str()));
-  }
-  envp.push_back(nullptr);
+  std::vector<char*> args = cStrings(argv);
+  std::vector<char*> envp = cStrings(env);
   int master = -1;
   struct winsize ws = {};
   ws.ws_row = 30;
