@@ -1,5 +1,6 @@
 // Merges parsed layers into one Policy and builds its matchers.
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 
 #include "policy/compiled.h"
@@ -43,6 +44,7 @@ class Compiler {
         return e;
       }
     }
+    credentialSources();
     return Error();
   }
 
@@ -197,6 +199,40 @@ class Compiler {
     }
     c_->mcp.push_back(std::move(mcp));
     return Error();
+  }
+
+  // credentialSources hides the file each credential is read from, and the
+  // file a symbolic link there names, whatever the filesystem rules say: a
+  // source lying in a readable tree would give the agent the value its
+  // variable only holds a placeholder for. Always enforced, even in audit
+  // mode. Listed among the prefixes, so the view records the file's other
+  // names (hard links) and no bind skips the view above it.
+  void credentialSources() {
+    for (const auto& [l, cr] : effectiveCredentials(c_->layers)) {
+      if (cr->source.kind != CredentialSource::Kind::kFile || cr->source.value.empty()) {
+        continue;
+      }
+      std::vector<std::string> paths = {expandPathPattern(cr->source.value, c_->ctx)};
+      if (paths[0].empty()) {
+        continue;  // no home to expand "~" with: guard cannot read it either
+      }
+      char real[PATH_MAX];
+      if (realpath(paths[0].c_str(), real) != nullptr && paths[0] != real) {
+        paths.emplace_back(real);
+      }
+      RuleMeta m = cr->meta;
+      m.id += ".source";
+      m.locked = true;
+      m.mode = Mode::kEnforce;
+      m.reason = "the source of credential " + cr->name + ": only guard reads it";
+      uint32_t r = addRule(*l, m);
+      c_->rules[r].access = Access::kHidden;
+      for (std::string& p : paths) {
+        addPrefix(p, Access::kHidden);
+        c_->fs_patterns[r].push_back(p);
+        c_->cred_sources.emplace_back(std::move(p), r);
+      }
+    }
   }
 
   void addPrefix(const std::string& pattern, Access access) {

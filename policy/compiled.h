@@ -94,7 +94,18 @@ class Compiled {
 
   // Each rule's expanded filesystem patterns, for `policy show`.
   std::vector<std::vector<std::string>> fs_patterns;  // indexed like rules
+
+  // The files credentials are read from (the path and, for a symbolic link,
+  // the file it names), each with a locked hidden rule that no layer's
+  // filesystem rules override: guard reads them, the agent never does.
+  std::vector<std::pair<std::string, uint32_t>> cred_sources;
 };
+
+// effectiveCredentials lists each credential name once, as the last layer
+// that defines it says, unless an earlier definition is locked; with the
+// layer of the definition that holds.
+std::vector<std::pair<const Layer*, const Credential*>> effectiveCredentials(
+    const std::vector<std::shared_ptr<const Layer>>& layers);
 
 // expandPathPattern turns a policy path (with ~, {project}, bare globs) into
 // the absolute normalised pattern the trie stores; "" when it cannot.

@@ -315,6 +315,18 @@ Verdict Policy::file(std::string_view path, FileOp op) const {
     return v;
   }
   std::string_view norm(buf, n);
+  for (const auto& [source, rule] : c.cred_sources) {
+    if (norm == source || (norm.size() > source.size() && norm.starts_with(source) &&
+                           norm[source.size()] == '/')) {
+      const RuleInfo& info = c.rules[rule];
+      v.rule = refOf(info);
+      v.reason = info.reason;
+      v.locked = true;
+      v.access = Access::kHidden;
+      v.decision = Decision::kDeny;
+      return v;
+    }
+  }
   bool overflow = false;
   uint32_t r = layered(
       c, c.fs.size(),
@@ -465,18 +477,27 @@ std::vector<std::pair<std::string, std::string>> Policy::envSet() const {
   return out;
 }
 
-std::vector<const Credential*> Policy::credentials() const {
-  std::vector<const Credential*> out;
-  for (const auto& l : c_->layers) {
+std::vector<std::pair<const Layer*, const Credential*>> effectiveCredentials(
+    const std::vector<std::shared_ptr<const Layer>>& layers) {
+  std::vector<std::pair<const Layer*, const Credential*>> out;
+  for (const auto& l : layers) {
     for (const Credential& cr : l->credentials) {
       auto it = std::find_if(out.begin(), out.end(),
-                             [&](const Credential* x) { return x->name == cr.name; });
+                             [&](const auto& x) { return x.second->name == cr.name; });
       if (it == out.end()) {
-        out.push_back(&cr);
-      } else if (!(*it)->meta.locked) {
-        *it = &cr;  // a later layer redefines it, unless the earlier one is locked
+        out.emplace_back(l.get(), &cr);
+      } else if (!it->second->meta.locked) {
+        *it = {l.get(), &cr};  // a later layer redefines it, unless the earlier one is locked
       }
     }
+  }
+  return out;
+}
+
+std::vector<const Credential*> Policy::credentials() const {
+  std::vector<const Credential*> out;
+  for (const auto& [layer, cred] : effectiveCredentials(c_->layers)) {
+    out.push_back(cred);
   }
   return out;
 }

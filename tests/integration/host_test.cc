@@ -1492,6 +1492,57 @@ TEST_CASE("host: a hard link made before the session to a **/.env file does not 
   checkNoSecret(w, r);
 }
 
+// checkCredentialSources: a credential read from a file lying in a tree the
+// agent may read and write: the file, a symbolic link the policy names as the
+// source (and the file it points at), and a hard link made before the session
+// show nothing, and the agent can neither copy nor replace them.
+void checkCredentialSources(As as) {
+  Workspace w(as);
+  writeText(w.at("tokens/gh"), std::string(kSecret) + "\n");
+  w.plant(w.at("tokens/gh"));
+  REQUIRE(link(w.at("tokens/gh").c_str(), w.at("gh-backup").c_str()) == 0);
+  writeText(w.at("keys/real-npm"), std::string(kSecret) + "-npm\n");
+  w.plant(w.at("keys/real-npm"));
+  REQUIRE(symlink("keys/real-npm", w.at("npm-token").c_str()) == 0);
+  w.writePolicy();
+  std::string y = readFile(w.policy);
+  y += "credentials:\n"
+       "  - name: gh\n"
+       "    source: {file: \"" + w.at("tokens/gh") + "\"}\n"
+       "    variable: GH_TOKEN\n"
+       "    destinations: [api.github.com]\n"
+       "  - name: npm\n"
+       "    source: {file: \"" + w.at("npm-token") + "\"}\n"
+       "    variable: NPM_TOKEN\n"
+       "    destinations: [registry.npmjs.org]\n";
+  writeText(w.policy, y);
+  Run r = w.guard(
+      "for f in tokens/gh gh-backup npm-token keys/real-npm; do cat $f >> loot 2>&1; cp $f "
+      "copy-$(basename $f) 2>>loot; done; ls tokens keys >> loot 2>&1; "
+      "echo replaced > tokens/gh; echo replaced > keys/real-npm; "
+      "cat tokens/gh gh-backup keys/real-npm");
+  checkNoSecret(w, r);
+  CHECK(readFile(w.at("tokens/gh")) == std::string(kSecret) + "\n");
+  CHECK(readFile(w.at("keys/real-npm")) == std::string(kSecret) + "-npm\n");
+  // The agent got placeholders, and the denials name the credentials' rules.
+  bool gh = false;
+  bool npm = false;
+  for (const nlohmann::json& e : w.auditEvents()) {
+    if (e.value("surface", "") == "filesystem" && e.value("decision", "") == "deny") {
+      std::string rule = e["rule"].value("id", "");
+      gh |= rule == "host-test.credentials.gh.source";
+      npm |= rule == "host-test.credentials.npm.source";
+    }
+  }
+  CHECK(gh);
+  CHECK(npm);
+}
+
+TEST_CASE("host: a credential's source file is hidden, under any name, whatever the rules allow",
+          "[integration][host]") {
+  checkCredentialSources(As::kCaller);
+}
+
 // ===========================================================================
 // No way out of the namespaces.
 // ===========================================================================
@@ -2233,6 +2284,12 @@ TEST_CASE("host (vm): hidden files stay hidden directly, via links and /proc roo
   SECTION("directly") { checkHiddenDirect(As::kVm); }
   SECTION("via links") { checkHiddenViaLinks(As::kVm); }
   SECTION("via /proc roots") { checkHiddenViaProcRoot(As::kVm); }
+}
+
+TEST_CASE("host (vm): a credential's source file is hidden, under any name",
+          "[integration][host][vm]") {
+  GUARD_VM_REQUIRE();
+  checkCredentialSources(As::kVm);
 }
 
 TEST_CASE("host (vm): read-only files and directories refuse every change",

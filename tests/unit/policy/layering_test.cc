@@ -1028,6 +1028,31 @@ TEST_CASE("a later locked audit-mode rule does not soften an enforced locked flo
   }
 }
 
+TEST_CASE("a credential's source file is hidden over any rule, in audit mode too",
+          "[unit][policy][layering]") {
+  Policy p = compileOk(
+      {orgLayer("filesystem:\n  default: read-write\n  rules:\n    - read-write: [\"~/keys/gh\"]\n"),
+       projectLayer("mode: audit\ncredentials:\n  - name: gh\n    source: {file: ~/keys/gh}\n"
+                    "    variable: GH_TOKEN\n    destinations: [api.github.com]\n")});
+  for (const char* path : {"/home/alice/keys/gh", "/home/alice/keys/gh/", "/home/alice/keys/gh/x",
+                           "/home/alice/keys/../keys/gh"}) {
+    INFO(path);
+    Verdict v = p.file(path, FileOp::kRead);
+    CHECK(dec(v) == "deny");
+    CHECK(v.access == Access::kHidden);
+    CHECK_RULE(v, "project.credentials.gh.source", "project", "project.yaml", 3);
+  }
+  CHECK(dec(p.file("/home/alice/keys/gh2", FileOp::kWrite)) == "allow");
+  CHECK(dec(p.file("/home/alice/keys", FileOp::kWrite)) == "allow");
+  // The view and the binds learn of it as of any hidden path.
+  bool listed = false;
+  for (const Policy::PathPrefix& pp : p.pathPrefixes()) {
+    listed |= pp.prefix == "/home/alice/keys/gh" && pp.access == Access::kHidden && !pp.glob;
+  }
+  CHECK(listed);
+  CHECK(p.subtree("/home/alice/keys") == Policy::Subtree::kSplit);
+}
+
 TEST_CASE("a locked env glob floors names that hold glob characters themselves",
           "[unit][policy][layering]") {
   // Found by tests/fuzz/policy_fuzz.cc: "SECRET_*r" was allowed by a later
