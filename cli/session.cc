@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
@@ -25,6 +26,7 @@
 #include "fusefs/view.h"
 #include "mitm-proxy/mcp.h"
 #include "mitm-proxy/proxy.h"
+#include "mitm-proxy/secrets.h"
 #include "policy/audit.h"
 #include "policy/loader.h"
 #include "policy/policy.h"
@@ -138,35 +140,37 @@ void networkEnvironment(std::vector<std::string>* env, const Credentials& creds,
 
 // maskSecrets keeps every credential's real value out of the agent's
 // environment, whatever variable holds it (the credential's source variable
-// under another name, a copy in GH_TOKEN, a URL with the token in it): a
-// variable that is exactly a value gets that credential's placeholder, one
-// that contains a value is withheld. Values shorter than the secret
-// scanner's patterns (8 bytes) are not looked for. Each change is audited.
+// under another name, a copy in GH_TOKEN, a URL with the token in it, a
+// base64 or percent-encoded copy such as a Basic auth string): a variable
+// that is exactly a value gets that credential's placeholder, one that
+// contains a value in any form the proxy's exfiltration scan knows is
+// withheld. Values shorter than the scanner's patterns (8 bytes) are not
+// looked for. Each change is audited.
 void maskSecrets(std::vector<std::string>* env, const Credentials& creds, policy::AuditSink* sink,
                  const AuditEvent& base) {
-  constexpr size_t kMinValue = 8;
+  std::vector<proxy::Secret> values = creds.secrets;
+  for (proxy::Secret& s : values) {
+    s.placeholder.clear();  // placeholders are what the agent may hold
+  }
+  const proxy::SecretScanner scanner(values);
   for (auto it = env->begin(); it != env->end();) {
     size_t eq = it->find('=');
     std::string name = it->substr(0, eq);
     std::string_view value = std::string_view(*it).substr(eq + 1);
-    const proxy::Secret* held = nullptr;
-    for (const proxy::Secret& s : creds.secrets) {
-      if (s.value.size() >= kMinValue && value.find(s.value) != std::string_view::npos) {
-        held = &s;
-        break;
-      }
-    }
-    if (held == nullptr) {
+    std::optional<proxy::SecretScanner::Hit> hit = scanner.find(value);
+    if (!hit) {
       ++it;
       continue;
     }
-    bool exact = value == held->value;
+    const proxy::Secret& held = creds.secrets[hit->secret];
+    bool exact = value == held.value;
     AuditEvent ev = event(base, "env", exact ? "mask" : "withhold", name, "deny");
-    ev.reason = std::string("the variable holds the real value of credential ") + held->name +
-                (exact ? ": the agent gets its placeholder" : ": the agent does not get it");
+    ev.reason = std::string("the variable holds the real value of credential ") + held.name +
+                (exact ? ": the agent gets its placeholder"
+                       : std::string(" (") + hit->form + "): the agent does not get it");
     sink->emit(std::move(ev));
     if (exact) {
-      *it = name + "=" + held->placeholder;
+      *it = name + "=" + held.placeholder;
       ++it;
     } else {
       it = env->erase(it);

@@ -11,6 +11,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <openssl/base64.h>
+
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -521,8 +523,15 @@ TEST_CASE("credentials: no variable of the agent's environment holds a real valu
   GUARD_NET_READY();
   Net n;
   std::ofstream(n.policy, std::ios::app) << "env:\n  default: allow\n";
+  // Basic auth's base64 of "user:TOKEN" holds the token's base64 at an
+  // offset (as do ~/.docker/config.json's auth and npm's _auth).
+  std::string plain = "user:" + std::string(kToken);
+  std::string basic(4 * ((plain.size() + 2) / 3) + 1, '\0');
+  basic.resize(EVP_EncodeBlock(reinterpret_cast<uint8_t*>(basic.data()),
+                               reinterpret_cast<const uint8_t*>(plain.data()), plain.size()));
   n.extra_env = {std::string("COPY_TOKEN=") + kToken,
-                 std::string("REMOTE_URL=https://user:") + kToken + "@allowed.test/repo.git"};
+                 std::string("REMOTE_URL=https://user:") + kToken + "@allowed.test/repo.git",
+                 "BASIC_AUTH=Basic " + basic};
   Run r = n.run("env > env.txt; echo \"copy=$COPY_TOKEN\"");
   INFO(r.out << r.err);
   CHECK(r.status == 0);
@@ -532,16 +541,19 @@ TEST_CASE("credentials: no variable of the agent's environment holds a real valu
   CHECK(has(env, "COPY_TOKEN=guard-token-"));      // the placeholder instead
   CHECK(has(env, "GUARD_TEST_TOKEN=guard-token-"));  // the source variable too
   CHECK_FALSE(has(env, "REMOTE_URL="));              // withheld
+  CHECK_FALSE(has(env, "BASIC_AUTH="));
+  CHECK_FALSE(has(env, basic));
   int masked = 0;
   int withheld = 0;
   for (const nlohmann::json& e : n.events("mask")) {
     masked += e.value("surface", "") == "env" && e.value("decision", "") == "deny" ? 1 : 0;
   }
   for (const nlohmann::json& e : n.events("withhold")) {
-    withheld += e.value("target", "") == "REMOTE_URL" ? 1 : 0;
+    std::string t = e.value("target", "");
+    withheld += t == "REMOTE_URL" || t == "BASIC_AUTH" ? 1 : 0;
   }
   CHECK(masked == 2);
-  CHECK(withheld == 1);
+  CHECK(withheld == 2);
   CHECK_FALSE(has(readFile(n.audit), kToken));
 }
 
