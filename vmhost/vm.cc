@@ -782,9 +782,13 @@ Error Session::start() {
   // panic ends QEMU, and so the session. loglevel=3 keeps the console to
   // critical messages (the guest init's own errors are written to it
   // directly). cryptomgr.notests skips the crypto self-tests (~0.4 s under
-  // TCG). Other trims (pci=off, mitigations=off, lsm=, one UART) measured
-  // no difference here under TCG.
-  std::string append = "console=ttyS0 loglevel=3 panic=-1 rdinit=/init cryptomgr.notests";
+  // TCG). ipv6.disable_ipv6=1: the guest has no IPv6 (its init also turns
+  // it off per interface, as before); off from the start, bringing lo and
+  // eth0 up skips IPv6's address setup, ~40 ms under TCG. Other trims
+  // (pci=off, mitigations=off, lsm=, one UART) measured no difference here
+  // under TCG.
+  std::string append =
+      "console=ttyS0 loglevel=3 panic=-1 rdinit=/init cryptomgr.notests ipv6.disable_ipv6=1";
   if (!kvm) {
     // Under TCG the guest's TSC runs at the host's rate: say so, and the
     // kernel skips the calibration that sometimes hangs under TCG.
