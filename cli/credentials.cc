@@ -114,13 +114,10 @@ Result<Credentials> readCredentials(const policy::Policy& policy) {
         break;
       }
       case policy::CredentialSource::Kind::kFile: {
-        std::string path = c->source.value;
-        if (path.rfind("~/", 0) == 0) {
-          path = policy.context().home + path.substr(1);
-        }
-        where = "file " + path;
+        std::string path = policy::credentialFile(c->source, policy.context());
+        where = "file " + (path.empty() ? c->source.value + " (no home directory)" : path);
         std::ifstream f(path, std::ios::binary);
-        if (f) {
+        if (!path.empty() && f) {
           std::ostringstream ss;
           ss << f.rdbuf();
           s.value = ss.str().substr(0, kMaxSecret);

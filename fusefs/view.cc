@@ -226,21 +226,29 @@ class View {
     }
     return st.st_uid == geteuid() && geteuid() != 0;
   }
-  // scanned runs the walk for files hidden by a glob (scanHiddenByGlob) the
-  // first time a lookup needs it, and waits for it; false when the view is
-  // stopping and the walk did not finish. It is not run at the start: the
-  // walk covers every read-write tree (a home's caches can hold hundreds of
-  // thousands of files), and run eagerly it took ~55 ms of CPU and ~23 ms
-  // of every `guard -- true` here from other work on two cores, for the
-  // sake of files with a second name that most sessions never look up.
-  bool scanned() {
-    std::unique_lock<std::mutex> lock(hidden_mu_);
+  // startScan starts the walk for files hidden by a glob (scanHiddenByGlob)
+  // once, the first time a lookup meets a multiply-linked file; scanned
+  // also waits for it, and says whether it covered every tree (false when
+  // it ran out of budget or the view is stopping). It is not run at the
+  // start: it covers every read-write tree (a home's caches can hold
+  // hundreds of thousands of files), and run eagerly it took ~55 ms of CPU
+  // and ~23 ms of every `guard -- true` here from other work on two cores,
+  // for files with a second name that most sessions never look up.
+  void startScan() {
+    std::lock_guard<std::mutex> lock(hidden_mu_);
+    startScanLocked();
+  }
+  void startScanLocked() {
     if (!scan_started_ && !stopping_.load()) {
       scan_started_ = true;
       scan_thread_ = std::thread([this] { scanHiddenByGlob(); });
     }
+  }
+  bool scanned() {
+    std::unique_lock<std::mutex> lock(hidden_mu_);
+    startScanLocked();
     scan_cv_.wait(lock, [this] { return scan_done_ || stopping_.load(); });
-    return scan_done_ && !scan_stopped_;
+    return scan_done_ && !scan_incomplete_;
   }
   // resolve looks NAME up in PARENT for lookup and readdirplus. Returns 0
   // with OUT holding a node, counted once, and its attributes; ENOENT, with
@@ -290,7 +298,7 @@ class View {
   std::condition_variable scan_cv_;
   bool scan_started_ = false;  // guarded by hidden_mu_
   bool scan_done_ = false;     // guarded by hidden_mu_
-  bool scan_stopped_ = false;  // guarded by hidden_mu_: the walk ended early
+  bool scan_incomplete_ = false;  // guarded by hidden_mu_: out of budget, or stopped
   std::thread scan_thread_;
   std::vector<std::string> scan_roots_;  // read-write roots, then read-only roots in home
 
@@ -509,12 +517,23 @@ int View::resolve(fuse_req_t req, Node* parent, const char* name, bool listing,
     }
     // A second name for a hidden file (a hard link made before or during the
     // session) is as hidden as the first.
-    bool unknown = S_ISREG(st.st_mode) && st.st_nlink > 1 && mayLinkHidden(path, st) && !scanned();
-    if (unknown || (S_ISREG(st.st_mode) && st.st_nlink > 1 && hiddenInode(st.st_dev, st.st_ino))) {
+    // Where the user could have made such a link, the lookup waits for the
+    // walk and, if the walk could not cover every tree, refuses the file.
+    // Elsewhere (system files) it does not wait: the walk starts, and the
+    // file is judged by what is recorded so far.
+    bool linked = S_ISREG(st.st_mode) && st.st_nlink > 1;
+    bool unknown = false;
+    if (linked && mayLinkHidden(path, st)) {
+      unknown = !scanned();
+    } else if (linked) {
+      startScan();
+    }
+    if (unknown || (linked && hiddenInode(st.st_dev, st.st_ino))) {
       Verdict hv = v;
       hv.decision = Decision::kDeny;
       hv.access = Access::kHidden;
-      hv.reason = unknown ? "the view is stopping: cannot tell a hard link to a hidden file"
+      hv.reason = unknown ? "multiply-linked, and the walk for hidden files' other names did not "
+                            "finish (over 300,000 entries, or the session is ending)"
                           : "hard link to a hidden file";
       audit(req, path, hv, "lookup");
       return ENOENT;
@@ -1511,7 +1530,7 @@ void View::scanHiddenByGlob() {
   {
     std::lock_guard<std::mutex> lock(hidden_mu_);
     scan_done_ = true;
-    scan_stopped_ = stopping_.load();
+    scan_incomplete_ = stopping_.load() || budget == 0;
   }
   scan_cv_.notify_all();
 }

@@ -44,6 +44,13 @@ class Compiler {
         return e;
       }
     }
+    constexpr size_t kMaxCredentials = 64;
+    if (size_t creds = effectiveCredentials(c_->layers).size(); creds > kMaxCredentials) {
+      return Error(ErrorCode::kPolicyLimit,
+                   "error: " + std::to_string(creds) + " credentials; at most " +
+                       std::to_string(kMaxCredentials) +
+                       " (the proxy scans for each in requests to other destinations)");
+    }
     credentialSources();
     return Error();
   }
@@ -212,12 +219,17 @@ class Compiler {
       if (cr->source.kind != CredentialSource::Kind::kFile || cr->source.value.empty()) {
         continue;
       }
-      std::vector<std::string> paths = {expandPathPattern(cr->source.value, c_->ctx)};
-      if (paths[0].empty()) {
-        continue;  // no home to expand "~" with: guard cannot read it either
+      std::string file = credentialFile(cr->source, c_->ctx);
+      if (file.empty()) {
+        continue;  // no home to expand "~" with: guard does not read it either
       }
+      // The path as written, normalised as the view sees lookups, and the
+      // file the kernel reaches through it (symbolic links in any part,
+      // ".." after one).
+      char norm[kMaxPathLen + 1];
+      std::vector<std::string> paths = {std::string(norm, normalisePath(file, norm))};
       char real[PATH_MAX];
-      if (realpath(paths[0].c_str(), real) != nullptr && paths[0] != real) {
+      if (realpath(file.c_str(), real) != nullptr && paths[0] != real) {
         paths.emplace_back(real);
       }
       RuleMeta m = cr->meta;
@@ -228,7 +240,15 @@ class Compiler {
       uint32_t r = addRule(*l, m);
       c_->rules[r].access = Access::kHidden;
       for (std::string& p : paths) {
-        addPrefix(p, Access::kHidden);
+        if (p.empty()) {
+          continue;
+        }
+        // Literal, whatever characters the name holds; first, so that the
+        // view's budgeted walks of hidden paths reach it before any tree.
+        Policy::PathPrefix pp;
+        pp.prefix = p;
+        pp.access = Access::kHidden;
+        c_->prefixes.insert(c_->prefixes.begin(), std::move(pp));
         c_->fs_patterns[r].push_back(p);
         c_->cred_sources.emplace_back(std::move(p), r);
       }
@@ -267,6 +287,13 @@ class Compiler {
 };
 
 }  // namespace
+
+std::string credentialFile(const CredentialSource& source, const Context& ctx) {
+  if (source.value.rfind("~/", 0) == 0) {
+    return ctx.home.empty() ? std::string() : ctx.home + source.value.substr(1);
+  }
+  return source.value;
+}
 
 std::string expandPathPattern(std::string_view pattern, const Context& ctx) {
   std::string p;

@@ -87,6 +87,7 @@ Result<Context> contextFromEnvironment();
 
 struct Layer;       // a parsed document; see document.h
 struct Credential;  // a credential definition; see document.h
+struct CredentialSource;
 struct McpServer;   // an MCP server entry; see document.h
 class Compiled;
 
@@ -220,8 +221,14 @@ Result<std::shared_ptr<const Layer>> loadLayerFile(const std::string& file,
 
 // compile merges LAYERS (first = lowest, e.g. org) and builds the matchers.
 // Returns kPolicyInvalid when a path cannot be expanded (no home or working
-// directory), kPolicyLimit for more than 64 layers.
+// directory), kPolicyLimit for more than 64 layers or 64 credentials (the
+// proxy's secret scan tracks each credential in one bit of a 64-bit mask).
 Result<Policy> compile(std::vector<std::shared_ptr<const Layer>> layers, const Context& ctx);
+
+// credentialFile is the file a `file:` credential source names, "~/" taken
+// from CTX's home; "" when it needs a home and there is none. guard reads
+// the credential from this path, and the policy hides it from the agent.
+std::string credentialFile(const CredentialSource& source, const Context& ctx);
 
 // defaultPolicyText is the embedded default policy (YAML).
 std::string_view defaultPolicyText();

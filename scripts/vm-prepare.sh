@@ -153,6 +153,7 @@ cp "$vm_dir"/modules/* "$stage/modules/"
 # modules load (the kernel does not enforce signatures) and taint it.
 magic='~Module signature appended~'
 for ko in "$stage"/modules/*.ko; do
+  [ -f "$ko" ] || continue  # every module built in: no file
   size=$(stat -c %s "$ko")
   [ "$(tail -c 28 "$ko" | head -c 27)" = "$magic" ] || continue
   # struct module_signature (12 bytes, its last four the big-endian length

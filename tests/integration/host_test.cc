@@ -1504,6 +1504,11 @@ void checkCredentialSources(As as) {
   writeText(w.at("keys/real-npm"), std::string(kSecret) + "-npm\n");
   w.plant(w.at("keys/real-npm"));
   REQUIRE(symlink("keys/real-npm", w.at("npm-token").c_str()) == 0);
+  // "via/../pip" names deep/pip: the kernel follows the link before "..".
+  writeText(w.at("deep/pip"), std::string(kSecret) + "-pip\n");
+  w.plant(w.at("deep/pip"));
+  REQUIRE(mkdir(w.at("deep/in").c_str(), 0755) == 0);
+  REQUIRE(symlink("deep/in", w.at("via").c_str()) == 0);
   w.writePolicy();
   std::string y = readFile(w.policy);
   y += "credentials:\n"
@@ -1514,16 +1519,21 @@ void checkCredentialSources(As as) {
        "  - name: npm\n"
        "    source: {file: \"" + w.at("npm-token") + "\"}\n"
        "    variable: NPM_TOKEN\n"
-       "    destinations: [registry.npmjs.org]\n";
+       "    destinations: [registry.npmjs.org]\n"
+       "  - name: pip\n"
+       "    source: {file: \"" + w.at("via/../pip") + "\"}\n"
+       "    variable: PIP_TOKEN\n"
+       "    destinations: [pypi.org]\n";
   writeText(w.policy, y);
   Run r = w.guard(
-      "for f in tokens/gh gh-backup npm-token keys/real-npm; do cat $f >> loot 2>&1; cp $f "
+      "for f in tokens/gh gh-backup npm-token keys/real-npm deep/pip; do cat $f >> loot 2>&1; cp $f "
       "copy-$(basename $f) 2>>loot; done; ls tokens keys >> loot 2>&1; "
       "echo replaced > tokens/gh; echo replaced > keys/real-npm; "
       "cat tokens/gh gh-backup keys/real-npm");
   checkNoSecret(w, r);
   CHECK(readFile(w.at("tokens/gh")) == std::string(kSecret) + "\n");
   CHECK(readFile(w.at("keys/real-npm")) == std::string(kSecret) + "-npm\n");
+  CHECK(readFile(w.at("deep/pip")) == std::string(kSecret) + "-pip\n");
   // The agent got placeholders, and the denials name the credentials' rules.
   bool gh = false;
   bool npm = false;

@@ -1053,6 +1053,23 @@ TEST_CASE("a credential's source file is hidden over any rule, in audit mode too
   CHECK(p.subtree("/home/alice/keys") == Policy::Subtree::kSplit);
 }
 
+TEST_CASE("more than 64 credentials are refused: the proxy scans for at most 64",
+          "[unit][policy][layering]") {
+  auto layerWith = [](int n) {
+    std::string y = "credentials:\n";
+    for (int i = 0; i < n; ++i) {
+      y += "  - name: c" + std::to_string(i) + "\n    source: {env: V" + std::to_string(i) +
+           "}\n    variable: V" + std::to_string(i) + "\n    destinations: [a.example]\n";
+    }
+    return y;
+  };
+  CHECK(compile({projectLayer(layerWith(64))}, testContext()).ok());
+  auto r = compile({projectLayer(layerWith(65))}, testContext());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code() == ErrorCode::kPolicyLimit);
+  CHECK(r.error().message().find("65 credentials") != std::string::npos);
+}
+
 TEST_CASE("a locked env glob floors names that hold glob characters themselves",
           "[unit][policy][layering]") {
   // Found by tests/fuzz/policy_fuzz.cc: "SECRET_*r" was allowed by a later
