@@ -40,6 +40,7 @@
 #include <sstream>
 #include <mutex>
 #include <new>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -240,14 +241,19 @@ class View {
   }
   void startScanLocked() {
     if (!scan_started_ && !stopping_.load()) {
-      scan_started_ = true;
-      scan_thread_ = std::thread([this] { scanHiddenByGlob(); });
+      try {
+        scan_thread_ = std::thread([this] { scanHiddenByGlob(); });
+        scan_started_ = true;
+      } catch (const std::system_error&) {
+        // No thread (the user's process limit): the waiting lookup finds
+        // the walk not done and refuses the file; a later one tries again.
+      }
     }
   }
   bool scanned() {
     std::unique_lock<std::mutex> lock(hidden_mu_);
     startScanLocked();
-    scan_cv_.wait(lock, [this] { return scan_done_ || stopping_.load(); });
+    scan_cv_.wait(lock, [this] { return scan_done_ || !scan_started_ || stopping_.load(); });
     return scan_done_ && !scan_incomplete_;
   }
   // resolve looks NAME up in PARENT for lookup and readdirplus. Returns 0
@@ -1477,6 +1483,7 @@ void View::scanHiddenByGlob() {
     roots = scan_roots_;
   }
   size_t budget = 300000;
+  bool incomplete = false;  // a directory that could hold one was not read
   std::unordered_set<std::string> done;
   const std::unordered_set<std::string> skip = fuseMounts();
   for (const std::string& root : roots) {
@@ -1495,6 +1502,14 @@ void View::scanHiddenByGlob() {
       stack.pop_back();
       DIR* d = ::opendir(dir.c_str());
       if (d == nullptr) {
+        // A directory gone meanwhile holds nothing. One the walk cannot
+        // read that the user owns (the agent can chmod it), or whose path
+        // grew too long, could hide a file: the walk is then incomplete.
+        struct stat dst {};
+        if (errno == ENAMETOOLONG || errno == EMFILE || errno == ENFILE || errno == ENOMEM ||
+            (errno == EACCES && lstat(dir.c_str(), &dst) == 0 && dst.st_uid == geteuid())) {
+          incomplete = true;
+        }
         continue;
       }
       while (struct dirent* e = ::readdir(d)) {
@@ -1505,7 +1520,14 @@ void View::scanHiddenByGlob() {
           continue;
         }
         std::string path = dir + "/" + e->d_name;
-        if (e->d_type == DT_DIR) {
+        unsigned char type = e->d_type;
+        struct stat est {};
+        if (type == DT_UNKNOWN) {  // a filesystem that does not say: ask
+          type = fstatat(dirfd(d), e->d_name, &est, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(est.st_mode)
+                     ? DT_DIR
+                     : DT_UNKNOWN;
+        }
+        if (type == DT_DIR) {
           if (skip.count(path) == 0 && path != opts_.mountpoint) {
             stack.push_back(std::move(path));
           }
@@ -1530,7 +1552,7 @@ void View::scanHiddenByGlob() {
   {
     std::lock_guard<std::mutex> lock(hidden_mu_);
     scan_done_ = true;
-    scan_incomplete_ = stopping_.load() || budget == 0;
+    scan_incomplete_ = stopping_.load() || budget == 0 || incomplete;
   }
   scan_cv_.notify_all();
 }
