@@ -209,13 +209,19 @@ class Compiler {
   }
 
   // credentialSources hides the file each credential is read from, and the
-  // file a symbolic link there names, whatever the filesystem rules say: a
-  // source lying in a readable tree would give the agent the value its
-  // variable only holds a placeholder for. Always enforced, even in audit
-  // mode. Listed among the prefixes, so the view records the file's other
-  // names (hard links) and no bind skips the view above it.
+  // file a symbolic link there names: a source lying in a readable tree
+  // would give the agent the value its variable only holds a placeholder
+  // for. A locked, enforced hidden rule in the defining layer's trie: the
+  // layering's floor keeps later layers from loosening it, audit mode
+  // included, and no earlier layer is more specific than the file itself.
+  // Listed among the prefixes, so the view records the file's other names
+  // (hard links) and no bind skips the view above it.
   void credentialSources() {
     for (const auto& [l, cr] : effectiveCredentials(c_->layers)) {
+      size_t index = 0;
+      while (c_->layers[index].get() != l) {
+        ++index;
+      }
       if (cr->source.kind != CredentialSource::Kind::kFile || cr->source.value.empty()) {
         continue;
       }
@@ -243,14 +249,14 @@ class Compiler {
         if (p.empty()) {
           continue;
         }
-        // Literal, whatever characters the name holds; first, so that the
-        // view's budgeted walks of hidden paths reach it before any tree.
+        // First, so that the view's budgeted walks of hidden paths reach it
+        // before any tree.
         Policy::PathPrefix pp;
         pp.prefix = p;
         pp.access = Access::kHidden;
         c_->prefixes.insert(c_->prefixes.begin(), std::move(pp));
-        c_->fs_patterns[r].push_back(p);
-        c_->cred_sources.emplace_back(std::move(p), r);
+        c_->fs[index].paths.add(p, r);
+        c_->fs_patterns[r].push_back(std::move(p));
       }
     }
   }

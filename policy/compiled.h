@@ -94,11 +94,6 @@ class Compiled {
 
   // Each rule's expanded filesystem patterns, for `policy show`.
   std::vector<std::vector<std::string>> fs_patterns;  // indexed like rules
-
-  // The files credentials are read from (the path and, for a symbolic link,
-  // the file it names), each with a locked hidden rule that no layer's
-  // filesystem rules override: guard reads them, the agent never does.
-  std::vector<std::pair<std::string, uint32_t>> cred_sources;
 };
 
 // effectiveCredentials lists each credential name once, as the last layer

@@ -315,18 +315,6 @@ Verdict Policy::file(std::string_view path, FileOp op) const {
     return v;
   }
   std::string_view norm(buf, n);
-  for (const auto& [source, rule] : c.cred_sources) {
-    if (norm == source || (norm.size() > source.size() && norm.starts_with(source) &&
-                           norm[source.size()] == '/')) {
-      const RuleInfo& info = c.rules[rule];
-      v.rule = refOf(info);
-      v.reason = info.reason;
-      v.locked = true;
-      v.access = Access::kHidden;
-      v.decision = Decision::kDeny;
-      return v;
-    }
-  }
   bool overflow = false;
   uint32_t r = layered(
       c, c.fs.size(),
