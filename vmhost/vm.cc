@@ -44,6 +44,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -69,6 +70,9 @@ constexpr const char* kInitramfs = "initramfs.cpio";
 // From QEMU's start to the command's start. TCG on a busy 2-core machine
 // gets there in a few seconds; a guest that has not after this hangs.
 constexpr int kBootTimeoutMs = 120000;
+// Under KVM a guest says hello within a second; one that has not after
+// this long is taken as KVM failing to run it (and booted under TCG).
+constexpr int kKvmHelloTimeoutMs = 10000;
 constexpr size_t kTailBytes = 8192;
 constexpr size_t kStdinHighWater = 1u << 20;  // stop reading stdin above this
 constexpr size_t kMaxMcpChannels = 64;       // wrapped MCP servers of one guest at once
@@ -620,6 +624,64 @@ Result<std::pair<Fd, Fd>> vhostSocket() {
   return std::make_pair(std::move(listener), std::move(client));
 }
 
+void warnTcg(const std::string& why) {
+  std::string line;
+  for (size_t i = 0; i < why.size(); ++i) {  // one line: "a\n  b" reads "a: b"
+    if (why[i] != '\n') {
+      line += why[i];
+    } else if (why.compare(i, 3, "\n  ") == 0) {
+      line += ": ";
+      i += 2;
+    } else {
+      line += ' ';
+    }
+  }
+  std::fprintf(stderr,
+               "guard: warning: %s; the VM runs under TCG emulation, which is much slower\n",
+               line.c_str());
+}
+
+// forwardListeners passes the one message of listeners (descriptors and
+// their kinds, netns.cc) from QEMU's child to the proxy.
+Error forwardListeners(int from, int to) {
+  char kinds[16];
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+  iovec iov{kinds, sizeof(kinds)};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = recvmsg(from, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n == 0) {
+    return Error();  // the helper died first: its exit tells why
+  }
+  cmsghdr* cm = n > 0 ? CMSG_FIRSTHDR(&msg) : nullptr;
+  if (cm == nullptr || cm->cmsg_type != SCM_RIGHTS || (msg.msg_flags & MSG_CTRUNC) != 0) {
+    return Error(ErrorCode::kIo, "QEMU's helper handed over no network listeners");
+  }
+  size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+  std::vector<int> fds(count);
+  memcpy(fds.data(), CMSG_DATA(cm), count * sizeof(int));
+  iov.iov_len = static_cast<size_t>(n);
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * count);
+  ssize_t sent;
+  do {
+    sent = sendmsg(to, &msg, MSG_NOSIGNAL);
+  } while (sent < 0 && errno == EINTR);
+  int e = errno;
+  for (int fd : fds) {
+    close(fd);
+  }
+  if (sent != n) {
+    return ioError("hand the VM's listeners to the proxy", sent < 0 ? e : EPIPE);
+  }
+  return Error();
+}
+
 // Session is the running VM: its helpers, the control port and the relay.
 class Session {
  public:
@@ -637,6 +699,7 @@ class Session {
 
  private:
   Error start();
+  void release();
   void stop();
   Error loop();
   Error handleFrames();
@@ -666,6 +729,12 @@ class Session {
   bool stdin_acked_ = false;   // the guest acknowledges stdin (kStdinAck)
   size_t stdin_unacked_ = 0;   // stdin bytes sent and not yet acknowledged
   bool output_open_[3] = {false, true, true};
+  bool kvm_ = false;          // this boot's accelerator is KVM
+  bool kvm_failed_ = false;   // KVM could not boot the guest: boot again under TCG
+  std::string kvm_failure_;   // why, for the warning
+  bool retry_ = false;        // this is the second boot, under TCG
+  bool released_ = false;     // on_started_ called: the view's host mount may go
+  Fd listeners_;  // QEMU's child's listeners arrive here, for the proxy
   bool hello_ = false;
   bool started_ = false;
   bool exited_ = false;
@@ -740,15 +809,6 @@ Error Session::start() {
                                         std::to_string(spec_payload.size()) + " bytes; at most " +
                                         std::to_string(wire::kMaxFrame) + ")");
   }
-  std::string kvm_reason;
-  bool kvm = kvmUsable(&kvm_reason);
-  if (!kvm) {
-    std::fprintf(stderr,
-                 "guard: warning: KVM is not usable (%s); the VM runs under TCG emulation, "
-                 "which is much slower\n",
-                 kvm_reason.c_str());
-  }
-
   auto vhost = vhostSocket();
   if (!vhost.ok()) {
     return vhost.error();
@@ -789,7 +849,7 @@ Error Session::start() {
   // under TCG.
   std::string append =
       "console=ttyS0 loglevel=3 panic=-1 rdinit=/init cryptomgr.notests ipv6.disable_ipv6=1";
-  if (!kvm) {
+  if (!kvm_) {
     // Under TCG the guest's TSC runs at the host's rate: say so, and the
     // kernel skips the calibration that sometimes hangs under TCG.
     if (unsigned long khz = hostTscKhz(); khz != 0) {
@@ -809,8 +869,8 @@ Error Session::start() {
       "qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
       // QEMU's own seccomp filter: no fork/exec, no privilege changes.
       "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny", "-M",
-      "microvm,acpi=on,x-option-roms=off,memory-backend=guard.mem", "-accel", kvm ? "kvm" : "tcg",
-      "-cpu", kvm ? "host" : "max", "-m", mem, "-smp", std::to_string(spec_.cpus),
+      "microvm,acpi=on,x-option-roms=off,memory-backend=guard.mem", "-accel", kvm_ ? "kvm" : "tcg",
+      "-cpu", kvm_ ? "host" : "max", "-m", mem, "-smp", std::to_string(spec_.cpus),
       // virtiofs needs guest memory that virtiofsd can map: a shared file
       // (guestMemory), 2 MiB-aligned so that huge pages can back it.
       "-object", "memory-backend-file,id=guard.mem,size=" + mem + ",share=on,align=2M,mem-path=/proc/self/fd/" +
@@ -828,7 +888,8 @@ Error Session::start() {
       "file,id=con,path=/proc/self/fd/" + std::to_string(kQemuConsoleFd), "-serial", "chardev:con"};
   // clang-format on
   bool tun = spec_.net_fd >= 0 && access("/dev/net/tun", R_OK | W_OK) == 0;
-  if (spec_.net_fd >= 0 && !tun) {
+  Fd relay_child;
+  if (spec_.net_fd >= 0 && !tun && !retry_) {
     // Fail closed, and say so: without a tap the guest gets no network
     // device at all, rather than any other way out.
     std::fprintf(stderr,
@@ -841,7 +902,15 @@ Error Session::start() {
     // DNS responder answer (setupVmNetwork).
     q.argv.insert(q.argv.end(), {"-netdev", "tap,id=net0,vhost=off,fd=" + std::to_string(kQemuTapFd),
                                  "-device", "virtio-net-device,netdev=net0"});
-    q.net_fd = spec_.net_fd;
+    // QEMU's child sends its listeners here; guard passes them on to the
+    // proxy (forwardListeners), which takes one set per session.
+    int relay[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, relay) != 0) {
+      return ioError("socketpair", errno);
+    }
+    listeners_.reset(relay[0]);
+    relay_child.reset(relay[1]);
+    q.net_fd = relay_child.get();
     q.proxy_port = spec_.proxy_port;
   } else {
     q.argv.insert(q.argv.end(), {"-nic", "none"});  // no network device at all
@@ -917,9 +986,13 @@ Error Session::start() {
                  "virtiofsd could not start" +
                      (n > 0 ? ": " + std::string(buf, static_cast<size_t>(n)) : std::string()));
   }
-  on_started_();
+  // Under KVM the view's host mount stays until the guest boots: should
+  // KVM fail to boot it, a second virtiofsd under TCG needs the mount.
+  if (!kvm_) {
+    release();
+  }
   spdlog::debug("vm: started virtiofsd (pid {}) and QEMU (pid {}, {}, {} MiB, {} cpu)",
-                virtiofsd_.pid, qemu_.pid, kvm ? "kvm" : "tcg", spec_.memory_mib, spec_.cpus);
+                virtiofsd_.pid, qemu_.pid, kvm_ ? "kvm" : "tcg", spec_.memory_mib, spec_.cpus);
 
   for (Process* p : {&virtiofsd_, &qemu_}) {
     auto fd = openPidfd(p->pid);
@@ -941,6 +1014,13 @@ Error Session::start() {
   }
   wire::appendFrame(&out_, Frame::kSpec, spec_payload);
   return Error();
+}
+
+void Session::release() {
+  if (!released_) {
+    released_ = true;
+    on_started_();
+  }
 }
 
 void Session::stop() {
@@ -988,6 +1068,7 @@ Error Session::handleFrames() {
       case Frame::kHello:
         if (!hello_) {
           hello_ = true;
+          release();
           spdlog::debug("vm: {:.0f} ms: the guest booted", ms);
         }
         break;
@@ -1168,10 +1249,15 @@ Error Session::loop() {
     size_t i_sig = add(signals.fd(), POLLIN);
     size_t i_ctl = add(ctl_.get(), static_cast<short>(POLLIN | (out_.empty() ? 0 : POLLOUT)));
     bool window_open = !stdin_acked_ || stdin_unacked_ < wire::kStdinWindow;
-    size_t i_in =
-        add(stdin_open_ && window_open && out_.size() < kStdinHighWater ? 0 : -1, POLLIN);
+    // Under KVM stdin waits for the guest's hello: a boot that fails goes
+    // again under TCG, and must find stdin unread.
+    bool stdin_ready = stdin_open_ && window_open && out_.size() < kStdinHighWater;
+    size_t i_in = add(stdin_ready && (hello_ || !kvm_) ? 0 : -1, POLLIN);
     size_t i_con = add(console_.get(), POLLIN);
     size_t i_diag = add(diag_.get(), POLLIN);
+    // The listeners go to the proxy once this boot is the one: under KVM,
+    // when the guest has said hello.
+    size_t i_net = add(hello_ || !kvm_ ? listeners_.get() : -1, POLLIN);
     size_t i_qemu = add(qemu_.pidfd.get(), POLLIN);
     size_t i_vfs = add(virtiofsd_.pidfd.get(), POLLIN);
     size_t i_watch = pfds.size();
@@ -1192,6 +1278,19 @@ Error Session::loop() {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                       boot_deadline - std::chrono::steady_clock::now())
                       .count();
+      auto kvm_left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          t0_ + std::chrono::milliseconds(kKvmHelloTimeoutMs) -
+                          std::chrono::steady_clock::now())
+                          .count();
+      if (kvm_ && !hello_ && kvm_left <= 0) {
+        kvm_failed_ = true;
+        kvm_failure_ = "the guest did not boot within " +
+                       std::to_string(kKvmHelloTimeoutMs / 1000) + " s";
+        return Error();
+      }
+      if (kvm_ && !hello_) {
+        left = std::min(left, kvm_left);
+      }
       if (left <= 0) {
         return Error(
             ErrorCode::kIo,
@@ -1250,6 +1349,13 @@ Error Session::loop() {
         ctl_.reset();
       }
     }
+    if (pfds[i_net].revents != 0) {
+      Error e = forwardListeners(listeners_.get(), spec_.net_fd);
+      listeners_.reset();
+      if (!e.ok()) {
+        return e;
+      }
+    }
     if ((pfds[i_ctl].revents & POLLOUT) && !out_.empty()) {
       ssize_t n = write(ctl_.get(), out_.data(), out_.size());
       if (n > 0) {
@@ -1290,7 +1396,13 @@ Error Session::loop() {
     }
     for (auto [idx, p] : {std::pair{i_qemu, &qemu_}, std::pair{i_vfs, &virtiofsd_}}) {
       if (pfds[idx].revents != 0 && !p->exited) {
-        return helperEnded(p);
+        Error e = helperEnded(p);
+        if (kvm_ && !hello_ && qemu_.exited && !e.ok()) {
+          kvm_failed_ = true;
+          kvm_failure_ = e.message();
+          return Error();
+        }
+        return e;
       }
     }
   }
@@ -1300,17 +1412,42 @@ Error Session::loop() {
   return Error();
 }
 
+// run boots the VM and relays until the command ends. KVM is probed by
+// creating a VM; a host whose KVM passes that and still cannot boot the
+// guest (QEMU refuses the vCPU, or the guest never says hello) gets a
+// second boot under TCG, with one warning, rather than a failed session.
 Result<int> Session::run() {
-  if (Error e = start(); !e.ok()) {
-    return e;
+  std::string reason;
+  kvm_ = kvmUsable(&reason);
+  if (!kvm_) {
+    warnTcg("KVM is not usable (" + reason + ")");
   }
-  // loop returns 128+N for a signal that arrives before the command starts.
-  Result<int> r = [&]() -> Result<int> {
-    Error e = loop();
-    return e.ok() ? Result<int>(status_) : Result<int>(e);
-  }();
-  stop();
-  return r;
+  for (;;) {
+    Error e = start();
+    if (e.ok()) {
+      // loop returns 128+N for a signal that arrives before the command starts.
+      e = loop();
+    }
+    stop();
+    if (!kvm_failed_) {
+      return e.ok() ? Result<int>(status_) : Result<int>(e);
+    }
+    warnTcg("KVM could not boot the VM (" + kvm_failure_ + ")");
+    kvm_ = false;
+    kvm_failed_ = false;
+    retry_ = true;
+    listeners_.reset();
+    qemu_ = Process();
+    virtiofsd_ = Process();
+    watched_.clear();
+    ctl_.reset();
+    console_.reset();
+    diag_.reset();
+    console_tail_ = Tail();
+    diag_tail_ = Tail();
+    in_.clear();
+    out_.clear();
+  }
 }
 
 }  // namespace
@@ -1342,6 +1479,14 @@ bool kvmUsable(std::string* reason) {
   Fd vm(ioctl(kvm.get(), KVM_CREATE_VM, 0));
   if (vm.get() < 0) {
     *reason = std::string("cannot create a KVM VM: ") + strerror(errno);
+    return false;
+  }
+  // PVM (kvm_pvm) gives KVM without hardware virtualisation: it takes a VM
+  // but boots only guest kernels built for it, not Debian's. Trying costs
+  // a QEMU start (run() boots again under TCG when KVM fails); this saves it.
+  if (access("/sys/module/kvm_pvm", F_OK) == 0 && access("/sys/module/kvm_intel", F_OK) != 0 &&
+      access("/sys/module/kvm_amd", F_OK) != 0) {
+    *reason = "/dev/kvm is PVM (kvm_pvm), which boots only guest kernels built for it";
     return false;
   }
   return true;

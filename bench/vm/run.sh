@@ -66,11 +66,12 @@ cc -static -Os -o "$work/initrd/init" "$work/init.c"
 # -vv; it probes KVM by trying).
 cd "$work/project"
 "$guard" -vv --vm --audit "$work/audit.jsonl" -- true >/dev/null 2>"$work/guard.log" || true
-append=$(sed -n 's/.*vm: kernel command line: //p' "$work/guard.log" | head -n 1)
+append=$(sed -n 's/.*vm: kernel command line: //p' "$work/guard.log" | tail -n 1)
 [ -n "$append" ] || die "guard --vm did not run: $(tail -c 300 "$work/guard.log")"
 accel=tcg
 cpu=max
-if grep -q 'QEMU (pid [0-9]*, kvm' "$work/guard.log"; then
+# The last boot's: where KVM cannot boot the guest, guard boots again under TCG.
+if grep 'QEMU (pid [0-9]*, ' "$work/guard.log" | tail -n 1 | grep -q 'QEMU (pid [0-9]*, kvm'; then
   accel=kvm
   cpu=host
 fi
