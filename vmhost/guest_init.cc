@@ -182,6 +182,7 @@ int openControlPort() {
 struct Spec {
   std::vector<std::string> argv;
   std::vector<std::string> env;
+  std::string exe;  // the host's PATH search's answer, or empty
   std::string cwd = "/";
   std::string hostname = "guard";
   unsigned ttys = 0;  // bit N: fd N is a terminal on the host
@@ -209,6 +210,9 @@ Spec parseSpec(const std::string& payload) {
         break;
       case 'C':
         s.cwd = value;
+        break;
+      case 'X':
+        s.exe = value;
         break;
       case 'H':
         s.hostname = value;
@@ -570,6 +574,9 @@ Io setupIo(const Spec& spec) {
   }
   envp.push_back(nullptr);
   environ = envp.data();  // execvp searches the PATH of the command's environment
+  if (!spec.exe.empty()) {
+    execve(spec.exe.c_str(), argv.data(), envp.data());  // the host searched PATH
+  }
   execvp(argv[0], argv.data());
   childDie(err_fd, "start the command (" + spec.argv[0] + ")", errno);
 }
