@@ -227,18 +227,7 @@ class View {
     }
     return st.st_uid == geteuid() && geteuid() != 0;
   }
-  // startScan starts the walk for files hidden by a glob (scanHiddenByGlob)
-  // once, the first time a lookup meets a multiply-linked file; scanned
-  // also waits for it, and says whether it covered every tree (false when
-  // it ran out of budget or the view is stopping). It is not run at the
-  // start: it covers every read-write tree (a home's caches can hold
-  // hundreds of thousands of files), and run eagerly it took ~55 ms of CPU
-  // and ~23 ms of every `guard -- true` here from other work on two cores,
-  // for files with a second name that most sessions never look up.
-  void startScan() {
-    std::lock_guard<std::mutex> lock(hidden_mu_);
-    startScanLocked();
-  }
+  // startScanLocked starts the walk once; hidden_mu_ is held.
   void startScanLocked() {
     if (!scan_started_ && !stopping_.load()) {
       try {
@@ -250,6 +239,14 @@ class View {
       }
     }
   }
+  // scanned starts the walk for files hidden by a glob (scanHiddenByGlob)
+  // once, the first time a lookup of a multiply-linked file needs it, waits
+  // for it, and says whether it covered every tree (false when it ran out
+  // of budget or the view is stopping). It is not run at the start: it
+  // covers every read-write tree (a home's caches can hold hundreds of
+  // thousands of files), and run eagerly it took ~55 ms of CPU and ~23 ms
+  // of every `guard -- true` here from other work on two cores, for files
+  // with a second name that most sessions never look up.
   bool scanned() {
     std::unique_lock<std::mutex> lock(hidden_mu_);
     startScanLocked();
@@ -525,15 +522,13 @@ int View::resolve(fuse_req_t req, Node* parent, const char* name, bool listing,
     // session) is as hidden as the first.
     // Where the user could have made such a link, the lookup waits for the
     // walk and, if the walk could not cover every tree, refuses the file.
-    // Elsewhere (system files) it does not wait: the walk starts, and the
-    // file is judged by what is recorded so far.
+    // Elsewhere (system files: another owner's, outside those trees) it is
+    // judged by what is recorded so far, and does not start the walk: that
+    // would not cover this lookup, whose answer the kernel then caches,
+    // and it cost every VM boot ~200 ms (libc and ld.so have two names on
+    // some hosts, and the walk took CPU from the guest's requests).
     bool linked = S_ISREG(st.st_mode) && st.st_nlink > 1;
-    bool unknown = false;
-    if (linked && mayLinkHidden(path, st)) {
-      unknown = !scanned();
-    } else if (linked) {
-      startScan();
-    }
+    bool unknown = linked && mayLinkHidden(path, st) && !scanned();
     if (unknown || (linked && hiddenInode(st.st_dev, st.st_ino))) {
       Verdict hv = v;
       hv.decision = Decision::kDeny;
