@@ -359,22 +359,13 @@ void mountRoot(const Spec& spec) {
 // networkUp configures eth0 when the host gave the guest a network device:
 // wire::kGuestAddr/24, the default route and DNS through wire::kHostAddr,
 // where guard's proxy takes every TCP connection and every DNS query. IPv6
-// is off: the host side drops it anyway. The view's /etc/resolv.conf (the
+// is off from boot (ipv6.disable_ipv6=1 on the kernel command line, which
+// eth0 inherits): the host side drops it anyway. The view's /etc/resolv.conf (the
 // host's, which may name a resolver on the host's own loopback) is covered
 // by one naming the host side.
 void networkUp(const std::string& root) {
   if (if_nametoindex("eth0") == 0) {
     return;  // no network device: nothing leaves the VM
-  }
-  for (const char* knob : {"/proc/sys/net/ipv6/conf/all/disable_ipv6",
-                           "/proc/sys/net/ipv6/conf/default/disable_ipv6",
-                           "/proc/sys/net/ipv6/conf/eth0/disable_ipv6"}) {
-    int fd = open(knob, O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      ssize_t ignored = write(fd, "1", 1);
-      (void)ignored;
-      close(fd);
-    }
   }
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   struct ifreq ifr = {};
