@@ -404,7 +404,11 @@ int setupVmNetwork(int net_fd, uint16_t proxy_port, std::string* what) {
   struct ifreq ifr {};
   strncpy(ifr.ifr_name, kTapName, IFNAMSIZ - 1);
   ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-  if (tun < 0 || ioctl(tun, TUNSETIFF, &ifr) != 0) {
+  // Persistent: QEMU's exit then leaves the tap to the namespace's own
+  // teardown, which the kernel runs in the background once the proxy has
+  // closed the listeners. Closing a non-persistent tap unregistered it in
+  // QEMU's exit, whose rcu_barrier held up every session's end ~20 ms.
+  if (tun < 0 || ioctl(tun, TUNSETIFF, &ifr) != 0 || ioctl(tun, TUNSETPERSIST, 1) != 0) {
     *what = "create the tap device (/dev/net/tun)";
     int e = errno;
     if (tun >= 0) {
