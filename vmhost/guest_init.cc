@@ -157,7 +157,9 @@ void loadModules() {
 // openControlPort waits for the virtio-serial port named wire::kPortName
 // (ports appear asynchronously after the driver loads) and opens it.
 int openControlPort() {
-  for (int waited = 0; waited < kCtlWaitMs; waited += 5) {
+  // Polled every millisecond: the port's name arrives in a kworker, which
+  // runs only while this waits (one vCPU).
+  for (int waited = 0; waited < kCtlWaitMs; ++waited) {
     for (int dev = 0; dev < 4; ++dev) {
       for (int port = 0; port < 4; ++port) {
         std::string vport = "vport" + std::to_string(dev) + "p" + std::to_string(port);
@@ -174,7 +176,7 @@ int openControlPort() {
         }
       }
     }
-    sleepMs(5);
+    sleepMs(1);
   }
   fatal(std::string("the control port ") + wire::kPortName + " did not appear", 0);
 }
