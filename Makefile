@@ -29,6 +29,15 @@ CPPFLAGS := -I. -isystem $(BSSL_INC) -DSPDLOG_FMT_EXTERNAL $(PKG_CFLAGS) -MMD -M
 CXXFLAGS := $(CXXSTD) $(WARN) $(OPT) -pthread
 LDFLAGS  += $(if $(SAN),-fsanitize=$(SAN))
 LDLIBS   := $(PKG_LIBS) $(BSSL) -pthread
+# guard itself links the libraries that Debian ships as archives statically:
+# five fewer shared objects to map and search at each start, and at each
+# lazily bound call in the processes it forks (`guard -- true` 1-1.7 ms
+# faster, ~8%). libstdc++, spdlog, fmt, libidn2, libmnl and BoringSSL stay
+# shared (no archive, or a C++ runtime that must be one copy).
+GUARD_STATIC := yaml-cpp fuse3 libseccomp libcares libnftnl
+GUARD_LDLIBS := -Wl,-Bstatic $(shell pkg-config --libs-only-l $(GUARD_STATIC) 2>/dev/null) \
+                -Wl,-Bdynamic $(shell pkg-config --libs spdlog libidn2 libmnl 2>/dev/null) \
+                $(BSSL) -pthread
 
 POLICY_SRC := $(wildcard policy/*.cc)
 CLI_SRC    := $(wildcard cli/*.cc)
@@ -73,7 +82,7 @@ $(BUILD)/libguard.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(GUARD): $(CLI_OBJ) $(BUILD)/libguard.a
-	$(CXX) $(CXXFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CXX) $(CXXFLAGS) $(LDFLAGS) $^ -o $@ $(if $(SAN),$(LDLIBS),$(GUARD_LDLIBS))
 
 # The shim: C ABI, no C++ runtime, only the interposed names exported.
 # -fno-delete-null-pointer-checks: libc's headers mark exec's arguments
