@@ -159,7 +159,14 @@ void loadModules() {
 int openControlPort() {
   // Polled every millisecond: the port's name arrives in a kworker, which
   // runs only while this waits (one vCPU).
-  for (int waited = 0; waited < kCtlWaitMs; ++waited) {
+  struct timespec start {};
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  for (;;) {
+    struct timespec now {};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 > kCtlWaitMs) {
+      break;
+    }
     for (int dev = 0; dev < 4; ++dev) {
       for (int port = 0; port < 4; ++port) {
         std::string vport = "vport" + std::to_string(dev) + "p" + std::to_string(port);

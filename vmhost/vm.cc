@@ -588,7 +588,8 @@ std::string commandPath(const std::string& root, const std::string& file,
   const std::string* path = nullptr;
   for (const std::string& e : env) {
     if (e.rfind("PATH=", 0) == 0) {
-      path = &e;
+      path = &e;  // the first, as getenv and execvp take it
+      break;
     }
   }
   if (file.empty() || file.find('/') != std::string::npos || path == nullptr) {
@@ -615,10 +616,17 @@ std::string commandPath(const std::string& root, const std::string& file,
     how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
     Fd fd(static_cast<int>(syscall(SYS_openat2, root_fd.get(), cand.c_str(), &how, sizeof(how))));
     if (fd.get() < 0) {
-      if (errno == ENOENT || errno == ENOTDIR || errno == EACCES) {
-        continue;
+      if (errno != ENOENT && errno != ENOTDIR && errno != EACCES) {
+        return "";
       }
-      return "";
+      // Missing here, but through a symlink, which in the guest may lead
+      // into its own /proc or /dev: the guest decides.
+      how.resolve |= RESOLVE_NO_SYMLINKS;
+      Fd plain(static_cast<int>(syscall(SYS_openat2, root_fd.get(), cand.c_str(), &how, sizeof(how))));
+      if (plain.get() < 0 && errno == ELOOP) {
+        return "";
+      }
+      continue;
     }
     struct stat st {};
     if (fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 0111) == 0) {
@@ -704,6 +712,15 @@ Result<std::pair<Fd, Fd>> vhostSocket() {
   return std::make_pair(std::move(listener), std::move(client));
 }
 
+bool mentionsKvm(const std::string& text) {
+  for (size_t i = 0; i + 3 <= text.size(); ++i) {
+    if ((text[i] | 0x20) == 'k' && (text[i + 1] | 0x20) == 'v' && (text[i + 2] | 0x20) == 'm') {
+      return true;
+    }
+  }
+  return false;
+}
+
 void warnTcg(const std::string& why) {
   std::string line;
   for (size_t i = 0; i < why.size(); ++i) {  // one line: "a\n  b" reads "a: b"
@@ -741,6 +758,15 @@ Error forwardListeners(int from, int to) {
   }
   cmsghdr* cm = n > 0 ? CMSG_FIRSTHDR(&msg) : nullptr;
   if (cm == nullptr || cm->cmsg_type != SCM_RIGHTS || (msg.msg_flags & MSG_CTRUNC) != 0) {
+    for (cmsghdr* c = n > 0 ? CMSG_FIRSTHDR(&msg) : nullptr; c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++k) {
+          int fd;
+          memcpy(&fd, CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+          close(fd);
+        }
+      }
+    }
     return Error(ErrorCode::kIo, "QEMU's helper handed over no network listeners");
   }
   size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -781,7 +807,7 @@ class Session {
   Error start();
   void release();
   void stop();
-  Error loop();
+  Error loop(const Signals& signals);
   Error handleFrames();
   void relaySignal(int sig);
   ssize_t readDiagnostics(int fd, Tail* tail, const char* prefix);
@@ -821,6 +847,7 @@ class Session {
   int status_ = 0;
   Error guest_error_;
   std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point boot_t0_;  // this boot's QEMU started
 };
 
 void Session::reap(Process* p) {
@@ -1006,6 +1033,7 @@ Error Session::start() {
   }
   qemu_.name = "QEMU";
   qemu_.pid = qpid.value();
+  boot_t0_ = std::chrono::steady_clock::now();
 
   // virtiofsd after QEMU: QEMU's start (loading, its memory, TCG) overlaps
   // with virtiofsd's; QEMU waits for virtiofsd's first answer on the socket.
@@ -1315,11 +1343,9 @@ Error Session::helperEnded(Process* p) {
   return Error(ErrorCode::kIo, msg);
 }
 
-Error Session::loop() {
-  Signals signals;
-  Terminal terminal;
+Error Session::loop(const Signals& signals) {
   char buf[kReadChunk];
-  auto boot_deadline = t0_ + std::chrono::milliseconds(kBootTimeoutMs);
+  auto boot_deadline = boot_t0_ + std::chrono::milliseconds(kBootTimeoutMs);
   while (!exited_ && guest_error_.ok()) {
     std::vector<struct pollfd> pfds;
     auto add = [&](int fd, short events) {
@@ -1359,7 +1385,7 @@ Error Session::loop() {
                       boot_deadline - std::chrono::steady_clock::now())
                       .count();
       auto kvm_left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          t0_ + std::chrono::milliseconds(kKvmHelloTimeoutMs) -
+                          boot_t0_ + std::chrono::milliseconds(kKvmHelloTimeoutMs) -
                           std::chrono::steady_clock::now())
                           .count();
       if (kvm_ && !hello_ && kvm_left <= 0) {
@@ -1477,7 +1503,9 @@ Error Session::loop() {
     for (auto [idx, p] : {std::pair{i_qemu, &qemu_}, std::pair{i_vfs, &virtiofsd_}}) {
       if (pfds[idx].revents != 0 && !p->exited) {
         Error e = helperEnded(p);
-        if (kvm_ && !hello_ && qemu_.exited && !e.ok()) {
+        // QEMU's own KVM errors name it; a guest that panicked or an init
+        // that reported an error ran, and fails the same way under TCG.
+        if (kvm_ && !hello_ && qemu_.exited && !e.ok() && mentionsKvm(diag_tail_.text)) {
           kvm_failed_ = true;
           kvm_failure_ = e.message();
           return Error();
@@ -1497,6 +1525,10 @@ Error Session::loop() {
 // guest (QEMU refuses the vCPU, or the guest never says hello) gets a
 // second boot under TCG, with one warning, rather than a failed session.
 Result<int> Session::run() {
+  // The relay's signal handlers and the terminal's raw mode hold for both
+  // boots and the moment between them.
+  Signals signals;
+  Terminal terminal;
   std::string reason;
   kvm_ = kvmUsable(&reason);
   if (!kvm_) {
@@ -1506,7 +1538,7 @@ Result<int> Session::run() {
     Error e = start();
     if (e.ok()) {
       // loop returns 128+N for a signal that arrives before the command starts.
-      e = loop();
+      e = loop(signals);
     }
     stop();
     if (!kvm_failed_) {
