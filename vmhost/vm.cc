@@ -712,15 +712,6 @@ Result<std::pair<Fd, Fd>> vhostSocket() {
   return std::make_pair(std::move(listener), std::move(client));
 }
 
-bool mentionsKvm(const std::string& text) {
-  for (size_t i = 0; i + 3 <= text.size(); ++i) {
-    if ((text[i] | 0x20) == 'k' && (text[i + 1] | 0x20) == 'v' && (text[i + 2] | 0x20) == 'm') {
-      return true;
-    }
-  }
-  return false;
-}
-
 void warnTcg(const std::string& why) {
   std::string line;
   for (size_t i = 0; i < why.size(); ++i) {  // one line: "a\n  b" reads "a: b"
@@ -739,7 +730,7 @@ void warnTcg(const std::string& why) {
 }
 
 // forwardListeners passes the one message of listeners (descriptors and
-// their kinds, netns.cc) from QEMU's child to the proxy.
+// their kinds, netns.cc) from QEMU's child to the proxy, unread.
 Error forwardListeners(int from, int to) {
   char kinds[16];
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
@@ -756,34 +747,29 @@ Error forwardListeners(int from, int to) {
   if (n == 0) {
     return Error();  // the helper died first: its exit tells why
   }
+  // The sender's one SCM_RIGHTS message; they are closed here whatever
+  // becomes of them (the proxy holds its own copies once sent).
+  std::vector<int> fds;
   cmsghdr* cm = n > 0 ? CMSG_FIRSTHDR(&msg) : nullptr;
-  if (cm == nullptr || cm->cmsg_type != SCM_RIGHTS || (msg.msg_flags & MSG_CTRUNC) != 0) {
-    for (cmsghdr* c = n > 0 ? CMSG_FIRSTHDR(&msg) : nullptr; c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-        for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++k) {
-          int fd;
-          memcpy(&fd, CMSG_DATA(c) + k * sizeof(int), sizeof(int));
-          close(fd);
-        }
-      }
-    }
-    return Error(ErrorCode::kIo, "QEMU's helper handed over no network listeners");
+  if (cm != nullptr && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+    fds.resize((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    memcpy(fds.data(), CMSG_DATA(cm), fds.size() * sizeof(int));
   }
-  size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-  std::vector<int> fds(count);
-  memcpy(fds.data(), CMSG_DATA(cm), count * sizeof(int));
-  iov.iov_len = static_cast<size_t>(n);
-  msg.msg_controllen = CMSG_SPACE(sizeof(int) * count);
-  ssize_t sent;
-  do {
-    sent = sendmsg(to, &msg, MSG_NOSIGNAL);
-  } while (sent < 0 && errno == EINTR);
-  int e = errno;
+  ssize_t sent = -1;
+  int e = EPROTO;  // no descriptors, or cut short
+  if (!fds.empty() && (msg.msg_flags & MSG_CTRUNC) == 0) {
+    iov.iov_len = static_cast<size_t>(n);
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    do {
+      sent = sendmsg(to, &msg, MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    e = sent < 0 ? errno : EPIPE;
+  }
   for (int fd : fds) {
     close(fd);
   }
   if (sent != n) {
-    return ioError("hand the VM's listeners to the proxy", sent < 0 ? e : EPIPE);
+    return ioError("hand the VM's listeners to the proxy", e);
   }
   return Error();
 }
@@ -837,8 +823,7 @@ class Session {
   bool output_open_[3] = {false, true, true};
   bool kvm_ = false;          // this boot's accelerator is KVM
   bool kvm_failed_ = false;   // KVM could not boot the guest: boot again under TCG
-  std::string kvm_failure_;   // why, for the warning
-  bool retry_ = false;        // this is the second boot, under TCG
+  std::string kvm_failure_;   // why, for the warning; set: this is the second boot
   bool released_ = false;     // on_started_ called: the view's host mount may go
   Fd listeners_;  // QEMU's child's listeners arrive here, for the proxy
   bool hello_ = false;
@@ -996,7 +981,7 @@ Error Session::start() {
   // clang-format on
   bool tun = spec_.net_fd >= 0 && access("/dev/net/tun", R_OK | W_OK) == 0;
   Fd relay_child;
-  if (spec_.net_fd >= 0 && !tun && !retry_) {
+  if (spec_.net_fd >= 0 && !tun && kvm_failure_.empty()) {
     // Fail closed, and say so: without a tap the guest gets no network
     // device at all, rather than any other way out.
     std::fprintf(stderr,
@@ -1505,7 +1490,8 @@ Error Session::loop(const Signals& signals) {
         Error e = helperEnded(p);
         // QEMU's own KVM errors name it; a guest that panicked or an init
         // that reported an error ran, and fails the same way under TCG.
-        if (kvm_ && !hello_ && qemu_.exited && !e.ok() && mentionsKvm(diag_tail_.text)) {
+        if (kvm_ && !hello_ && qemu_.exited && !e.ok() &&
+            strcasestr(diag_tail_.text.c_str(), "kvm") != nullptr) {
           kvm_failed_ = true;
           kvm_failure_ = e.message();
           return Error();
@@ -1547,7 +1533,6 @@ Result<int> Session::run() {
     warnTcg("KVM could not boot the VM (" + kvm_failure_ + ")");
     kvm_ = false;
     kvm_failed_ = false;
-    retry_ = true;
     listeners_.reset();
     qemu_ = Process();
     virtiofsd_ = Process();
